@@ -1,0 +1,169 @@
+"""A thin event loop over epoll: fd callbacks, timers and signals.
+
+Facts that shape it:
+
+* epoll watches open file descriptions, not numbers.  Closing an fd removes
+  it from the epoll set only when no other descriptor refers to the same
+  description, so every fd is unregistered *before* it is closed, and a
+  callback for an fd that was unregistered earlier in the same batch of
+  events is skipped (its number may already belong to a new file).
+* Signals arrive through ``signal.set_wakeup_fd``: the C-level handler writes
+  the signal number into a non-blocking pipe that epoll watches, so no work
+  happens in signal context and the loop never misses a SIGCHLD that came
+  between two checks.  The Python-level handlers do nothing, which also keeps
+  SIGINT from raising KeyboardInterrupt.
+* EPOLLHUP and EPOLLERR are always reported, even for a mask of 0; an fd kept
+  registered with mask 0 still wakes the loop on hangup, which callers use to
+  notice a peer that went away.
+
+The loop knows nothing about containers: callers register callbacks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import select
+import time
+from typing import Callable
+
+import _signal
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLHUP = select.EPOLLHUP
+EPOLLERR = select.EPOLLERR
+EPOLLRDHUP = select.EPOLLRDHUP
+
+FdCallback = Callable[[int], None]
+
+
+class Timer:
+    __slots__ = ("deadline", "callback", "cancelled")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: "Timer") -> bool:
+        return self.deadline < other.deadline
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Python-level no-op: the wakeup fd carries the signal to the loop."""
+
+
+class EventLoop:
+    """Dispatches epoll events, timers and signals to callbacks."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, FdCallback] = {}
+        self._masks: dict[int, int] = {}
+        self._timers: list[Timer] = []
+        self._signal_r = -1
+        self._signal_w = -1
+        self._signal_handler: Callable[[int], None] | None = None
+
+    # -- descriptors -----------------------------------------------------
+    def add(self, fd: int, mask: int, callback: FdCallback) -> None:
+        self._epoll.register(fd, mask)
+        self._callbacks[fd] = callback
+        self._masks[fd] = mask
+
+    def modify(self, fd: int, mask: int) -> None:
+        if fd in self._callbacks and self._masks[fd] != mask:
+            self._epoll.modify(fd, mask)
+            self._masks[fd] = mask
+
+    def remove(self, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is not None:
+            del self._masks[fd]
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass
+
+    def watching(self, fd: int) -> bool:
+        return fd in self._callbacks
+
+    # -- timers ----------------------------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    # -- signals ---------------------------------------------------------
+    def handle_signals(self, signals: tuple[int, ...], handler: Callable[[int], None]) -> None:
+        """Route ``signals`` to ``handler(signum)`` from inside the loop."""
+        self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        _signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
+        self._signal_handler = handler
+        for sig in signals:
+            _signal.signal(sig, _ignore_signal)
+        self.add(self._signal_r, EPOLLIN, self._on_signal_fd)
+
+    def _on_signal_fd(self, events: int) -> None:
+        try:
+            data = os.read(self._signal_r, 512)
+        except BlockingIOError:
+            return
+        if self._signal_handler is not None:
+            for signum in dict.fromkeys(data):  # each distinct signal once, in order
+                self._signal_handler(signum)
+
+    def restore_signals(self) -> None:
+        """Undo handle_signals (before running the exit command)."""
+        if self._signal_w >= 0:
+            _signal.set_wakeup_fd(-1)
+            self.remove(self._signal_r)
+            os.close(self._signal_r)
+            os.close(self._signal_w)
+            self._signal_r = self._signal_w = -1
+
+    # -- running ---------------------------------------------------------
+    def run_once(self, timeout: float | None = None) -> None:
+        """Wait for events (at most ``timeout`` seconds) and dispatch them."""
+        timers = self._timers
+        while timers and timers[0].cancelled:
+            heapq.heappop(timers)
+        if timers:
+            until = max(0.0, timers[0].deadline - time.monotonic())
+            timeout = until if timeout is None else min(timeout, until)
+        try:
+            events = self._epoll.poll(-1 if timeout is None else timeout)
+        except InterruptedError:
+            events = []
+        callbacks = self._callbacks
+        for fd, mask in events:
+            callback = callbacks.get(fd)
+            if callback is not None:
+                callback(mask)
+        now = time.monotonic()
+        while timers and (timers[0].cancelled or timers[0].deadline <= now):
+            timer = heapq.heappop(timers)
+            if not timer.cancelled:
+                timer.callback()
+
+    def run_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Run until ``done()`` is true; False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            if deadline is None:
+                self.run_once()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.run_once(left)
+        return True
+
+    def close(self) -> None:
+        self.restore_signals()
+        self._epoll.close()
+        self._callbacks.clear()
+        self._masks.clear()

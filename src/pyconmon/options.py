@@ -1,0 +1,359 @@
+"""The command line: GOption-compatible parsing and validation.
+
+Callers are compiled against C conmon's GLib option parser, so this module
+reproduces its rules rather than argparse's: ``--opt value`` takes the next
+word whatever it looks like (CRI-O passes ``--runtime-arg --root=/run/crun``),
+``--opt=value`` and ``-cVALUE`` work, array options accumulate, flags take no
+value, and stray positional words (the ``1`` after ``--api-version``) are
+ignored.  Everything here is pure: :func:`parse_args` returns an
+:class:`Options` or raises :class:`UsageError`; :func:`validate` raises
+:class:`ConfigError` with conmon's wording (CONTRACT section 8).
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "ConfigError",
+    "LogDriver",
+    "Options",
+    "UsageError",
+    "help_text",
+    "parse_args",
+    "validate",
+]
+
+# kinds of options
+FLAG, STR, ARRAY, INT, INT64 = range(5)
+
+# (long name, short letter or "", kind, attribute, help)
+OPTION_TABLE: tuple[tuple[str, str, int, str, str], ...] = (
+    ("api-version", "", FLAG, "api_version", "Conmon API version to use"),
+    ("bundle", "b", STR, "bundle", "Location of the OCI Bundle path"),
+    ("cid", "c", STR, "cid", "Identification of Container"),
+    ("conmon-pidfile", "P", STR, "conmon_pidfile", "PID file for the conmon process"),
+    ("container-pidfile", "p", STR, "container_pidfile", "PID file for the initial pid inside of container"),
+    ("pidfile", "", STR, "container_pidfile", ""),
+    ("cuuid", "u", STR, "cuuid", "Container UUID"),
+    ("exec", "e", FLAG, "exec_", "Exec a command into a running container"),
+    ("exec-attach", "", FLAG, "exec_attach", "Attach to an exec session"),
+    ("exec-process-spec", "", STR, "exec_process_spec", "Path to the process spec for execution"),
+    ("exit-command", "", STR, "exit_command", "Path to the program to execute when the container terminates"),
+    ("exit-command-arg", "", ARRAY, "exit_command_args", "Additional arg to pass to the exit command (repeatable)"),
+    ("exit-delay", "", INT, "exit_delay", "Delay before invoking the exit command (in seconds)"),
+    ("exit-dir", "", STR, "exit_dir", "Path to the directory where exit files are written"),
+    ("full-attach", "", FLAG, "full_attach", "Put the attach socket in the bundle; ignore --socket-dir-path"),
+    ("leave-stdin-open", "", FLAG, "leave_stdin_open", "Leave stdin open when attached client disconnects"),
+    ("log-allowlist-dir", "", ARRAY, "log_allowlist_dirs", "Allowed directories for log files (repeatable)"),
+    ("log-global-size-max", "", INT64, "log_global_size_max", "Maximum size of all log output over the monitor's life"),
+    ("log-label", "", ARRAY, "log_labels", "Additional journald field NAME=VALUE (repeatable)"),
+    ("log-level", "", STR, "log_level", "Print debug logs based on log level"),
+    ("log-max-files", "", INT, "log_max_files", "Number of rotated log files to keep"),
+    ("log-path", "l", ARRAY, "log_paths", "Log driver and path DRIVER:PATH (k8s-file, journald, passthrough, none)"),
+    ("log-rotate", "", FLAG, "log_rotate", "Rotate log files instead of truncating at --log-size-max"),
+    ("log-size-max", "", INT64, "log_size_max", "Maximum size of log file"),
+    ("log-tag", "", STR, "log_tag", "Additional tag to use for logging"),
+    ("name", "n", STR, "name", "Container name"),
+    ("no-container-partial-message", "", FLAG, "no_partial_message", "journald: never set CONTAINER_PARTIAL_MESSAGE"),
+    ("no-new-keyring", "", FLAG, "no_new_keyring", "Do not create a new session keyring for the container"),
+    ("no-pivot", "", FLAG, "no_pivot", "Do not use pivot_root"),
+    ("no-sync-log", "", FLAG, "no_sync_log", "Do not manually call sync on logs after container shutdown"),
+    ("persist-dir", "0", STR, "persist_dir", "Persistent directory for container data (exit and oom files)"),
+    ("replace-listen-pid", "", FLAG, "replace_listen_pid", "Replace listen pid if set for oci-runtime pid"),
+    ("restore", "", STR, "restore", "Restore a container from a checkpoint"),
+    ("restore-arg", "", ARRAY, "runtime_opts", ""),
+    ("runtime", "r", STR, "runtime", "Path to the OCI runtime binary"),
+    ("runtime-arg", "", ARRAY, "runtime_args", "Additional arg to pass to the runtime (repeatable)"),
+    ("runtime-opt", "", ARRAY, "runtime_opts", "Additional opts to pass to the create, restore or exec command"),
+    ("sdnotify-socket", "", STR, "sdnotify_socket", "Path to the host's sd-notify socket to relay messages to"),
+    ("seccomp-notify-socket", "", STR, "seccomp_notify_socket", "Not supported; accepted for compatibility"),
+    ("seccomp-notify-plugins", "", STR, "seccomp_notify_plugins", "Not supported; accepted for compatibility"),
+    ("socket-dir-path", "", STR, "socket_dir_path", "Location of container attach sockets"),
+    ("stdin", "i", FLAG, "stdin", "Open up a pipe to pass stdin to the container"),
+    ("sync", "", FLAG, "sync", "Keep the main conmon process as its child by only forking once"),
+    ("syslog", "", FLAG, "syslog", "Log to syslog (use with cgroupfs cgroup manager)"),
+    ("systemd-cgroup", "s", FLAG, "systemd_cgroup", "Enable systemd cgroup manager"),
+    ("terminal", "t", FLAG, "terminal", "Allocate a pseudo-TTY"),
+    ("timeout", "T", INT, "timeout", "Kill container after specified timeout in seconds"),
+    ("version", "", FLAG, "version", "Print the version and exit"),
+    ("help", "h", FLAG, "help", "Show help options"),
+)
+
+_LONG = {o[0]: o for o in OPTION_TABLE}
+_SHORT = {o[1]: o for o in OPTION_TABLE if o[1]}
+_INT_RANGE = {INT: 2**31, INT64: 2**63}
+
+LOG_LEVELS = {
+    "error": 0, "fatal": 0, "panic": 0,
+    "warn": 1, "warning": 1,
+    "info": 2,
+    "debug": 3,
+    "trace": 4,
+}
+
+
+class UsageError(Exception):
+    """A malformed command line (GOption's 'option parsing failed')."""
+
+
+class ConfigError(Exception):
+    """A well-formed command line that conmon refuses (CONTRACT section 8)."""
+
+    def __init__(self, text: str, prefix: str = "[conmon:e]: ") -> None:
+        super().__init__(text)
+        self.text = text
+        self.prefix = prefix
+
+
+class LogDriver:
+    """One ``--log-path`` entry: a driver name and, for k8s-file, a path."""
+
+    __slots__ = ("kind", "path")
+
+    def __init__(self, kind: str, path: str) -> None:
+        self.kind = kind
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"LogDriver({self.kind!r}, {self.path!r})"
+
+
+class Options:
+    """Everything the command line says, with conmon's defaults."""
+
+    api_version = False
+    bundle: str | None = None
+    cid: str | None = None
+    conmon_pidfile: str | None = None
+    container_pidfile: str | None = None
+    cuuid: str | None = None
+    exec_ = False
+    exec_attach = False
+    exec_process_spec: str | None = None
+    exit_command: str | None = None
+    exit_delay = 0
+    exit_dir: str | None = None
+    full_attach = False
+    leave_stdin_open = False
+    log_global_size_max = -1
+    log_level: str | None = None
+    log_max_files = 1
+    log_rotate = False
+    log_size_max = -1
+    log_tag: str | None = None
+    name: str | None = None
+    no_partial_message = False
+    no_new_keyring = False
+    no_pivot = False
+    no_sync_log = False
+    persist_dir: str | None = None
+    replace_listen_pid = False
+    restore: str | None = None
+    runtime: str | None = None
+    sdnotify_socket: str | None = None
+    seccomp_notify_socket: str | None = None
+    seccomp_notify_plugins: str | None = None
+    socket_dir_path: str | None = None
+    stdin = False
+    sync = False
+    syslog = False
+    systemd_cgroup = False
+    terminal = False
+    timeout = 0
+    version = False
+    help = False
+
+    def __init__(self) -> None:
+        self.exit_command_args: list[str] = []
+        self.log_allowlist_dirs: list[str] = []
+        self.log_labels: list[str] = []
+        self.log_paths: list[str] = []
+        self.runtime_args: list[str] = []
+        self.runtime_opts: list[str] = []
+        # derived by validate()
+        self.log_drivers: list[LogDriver] = []
+        self.log_level_num = 1
+
+    @property
+    def legacy_exec(self) -> bool:
+        """Exec without the v1 API (CRI-O's ExecSync)."""
+        return self.exec_ and not self.api_version
+
+    def log_kinds(self) -> set[str]:
+        return {d.kind for d in self.log_drivers}
+
+
+def _store(opts: Options, spec: tuple[str, str, int, str, str], value: str | None, shown: str) -> None:
+    _name, _short, kind, attr, _help = spec
+    if kind == FLAG:
+        setattr(opts, attr, True)
+        return
+    assert value is not None
+    if kind == ARRAY:
+        getattr(opts, attr).append(value)
+    elif kind in (INT, INT64):
+        setattr(opts, attr, _parse_int(value, shown, _INT_RANGE[kind]))
+    else:
+        setattr(opts, attr, value)
+
+
+def _parse_int(value: str, shown: str, limit: int) -> int:
+    """GLib accepts base-10 with surrounding blanks; anything else fails."""
+    text = value.strip()
+    try:
+        number = int(text, 10)
+    except ValueError:
+        raise UsageError(f"Cannot parse integer value \u201c{value}\u201d for {shown}") from None
+    if not -limit <= number < limit:
+        raise UsageError(f"Integer value \u201c{value}\u201d for {shown} out of range")
+    return number
+
+
+def parse_args(argv: list[str]) -> Options:
+    """Parse ``argv`` (without the program name) the way GOption does."""
+    opts = Options()
+    i = 0
+    n = len(argv)
+    while i < n:
+        word = argv[i]
+        i += 1
+        if word == "--":
+            break  # the rest is positional, and positional words are ignored
+        if word.startswith("--"):
+            name, eq, inline = word[2:].partition("=")
+            spec = _LONG.get(name)
+            if spec is None:
+                raise UsageError(f"Unknown option {word if not eq else '--' + name}")
+            shown = "--" + name
+            if spec[2] == FLAG:
+                if eq:
+                    raise UsageError(f"Error parsing option {shown}")
+                _store(opts, spec, None, shown)
+            elif eq:
+                _store(opts, spec, inline, shown)
+            else:
+                if i >= n:
+                    raise UsageError(f"Missing argument for {shown}")
+                _store(opts, spec, argv[i], shown)
+                i += 1
+        elif word.startswith("-") and len(word) > 1:
+            letters = word[1:]
+            j = 0
+            while j < len(letters):
+                letter = letters[j]
+                spec = _SHORT.get(letter)
+                if spec is None:
+                    raise UsageError(f"Unknown option -{letter}")
+                shown = "-" + letter
+                j += 1
+                if spec[2] == FLAG:
+                    _store(opts, spec, None, shown)
+                    continue
+                if j < len(letters):
+                    _store(opts, spec, letters[j:], shown)
+                else:
+                    if i >= n:
+                        raise UsageError(f"Missing argument for {shown}")
+                    _store(opts, spec, argv[i], shown)
+                    i += 1
+                break
+        # anything else is a positional word: ignored, as GOption leaves it in argv
+    return opts
+
+
+def _parse_log_paths(opts: Options) -> list[LogDriver]:
+    drivers: list[LogDriver] = []
+    for entry in opts.log_paths:
+        if not entry:
+            raise ConfigError("log-path must not be empty")
+        kind, colon, path = entry.partition(":")
+        if not colon:
+            kind, path = "k8s-file", entry
+        if kind in ("off", "null"):
+            kind = "none"
+        if kind not in ("k8s-file", "journald", "passthrough", "none"):
+            raise ConfigError(f"No such log driver {kind}")
+        if kind == "k8s-file" and not path:
+            raise ConfigError("k8s-file requires a filename")
+        drivers.append(LogDriver(kind, path))
+    return drivers
+
+
+def validate(opts: Options, cwd: str | None = None) -> None:
+    """Apply conmon's checks and defaults; raise ConfigError on the first failure."""
+    if not opts.cid:
+        raise ConfigError("Container ID not provided. Use --cid", prefix="conmon: ")
+    if opts.log_level is not None:
+        level = LOG_LEVELS.get(opts.log_level.lower())
+        if level is None:
+            raise ConfigError(f"No such log level {opts.log_level}")
+        opts.log_level_num = level
+    for ident, what in ((opts.cid, "--cid"), (opts.cuuid, "--cuuid")):
+        # conmon would write <exit-dir>/<cid> outside the exit dir: refuse.
+        if ident is not None and ("/" in ident or ident in (".", "..") or "\0" in ident):
+            raise ConfigError(f"Invalid {what} {ident!r}: must not contain '/' or be '.' or '..'")
+    if opts.exec_ and opts.restore:
+        raise ConfigError("Cannot use 'exec' and 'restore' at the same time")
+    if opts.exec_attach and not opts.exec_:
+        raise ConfigError("Attach can only be specified with exec")
+    if opts.exec_attach and not opts.api_version:
+        raise ConfigError("Attach can only be specified for a non-legacy exec session")
+    if not opts.cuuid and not opts.legacy_exec:
+        raise ConfigError("Container UUID not provided. Use --cuuid")
+    if not opts.runtime:
+        raise ConfigError("Runtime path not provided. Use --runtime")
+    if not os.path.isfile(opts.runtime) or not os.access(opts.runtime, os.X_OK):
+        raise ConfigError(f"Runtime path {opts.runtime} is not valid")
+    if opts.exec_ and not opts.exec_process_spec:
+        raise ConfigError("Exec process spec path not provided. Use --exec-process-spec")
+    if opts.exit_delay < 0:
+        raise ConfigError("Delay before invoking exit command must be greater than or equal to 0")
+    if opts.log_max_files < 0:
+        raise ConfigError(f"conmon: log-max-files must be non-negative, got {opts.log_max_files}")
+    if opts.log_rotate and opts.log_max_files < 1:
+        raise ConfigError(f"conmon: log-max-files must be at least 1 when log-rotate is enabled, got {opts.log_max_files}")
+    if not opts.log_paths:
+        raise ConfigError("Log driver not provided. Use --log-path")
+    opts.log_drivers = _parse_log_paths(opts)
+    kinds = opts.log_kinds()
+    if kinds == {"k8s-file"}:
+        if opts.log_tag:
+            raise ConfigError("k8s-file doesn't support --log-tag")
+        if opts.log_labels:
+            raise ConfigError("k8s-file doesn't support --log-label")
+    for label in opts.log_labels:
+        lname, eq, _value = label.partition("=")
+        if not eq:
+            raise ConfigError(f"Container labels must be in format LABEL=VALUE (no '=' in '{label}')")
+        if not lname or not all(c in _LABEL_CHARS for c in lname):
+            raise ConfigError(
+                "Container label names must contain only uppercase letters, numbers and underscore "
+                f"(in '{lname}')"
+            )
+    if "journald" in kinds and len(opts.cid) <= 12:
+        raise ConfigError("Container ID must be longer than 12 characters")
+    if cwd is None:
+        cwd = os.getcwd()
+    if opts.bundle is None and not opts.exec_:
+        opts.bundle = cwd
+    if opts.container_pidfile is None:
+        opts.container_pidfile = os.path.join(cwd, f"pidfile-{opts.cid}")
+    if opts.socket_dir_path is None:
+        opts.socket_dir_path = "/var/run/crio"
+
+
+_LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def help_text() -> str:
+    """Usage in GOption's layout: every option, and the log drivers."""
+    lines = ["Usage:", "  conmon [OPTION\u2026] - conmon utility", "", "Help Options:",
+             "  -h, --help                   Show help options", "", "Application Options:"]
+    for name, short, kind, _attr, text in OPTION_TABLE:
+        if not text or name == "help":
+            continue
+        head = f"-{short}, --{name}" if short else f"--{name}"
+        lines.append(f"  {head:<28} {text}")
+    lines += ["", "Log drivers for --log-path: k8s-file (default), journald, passthrough, none (off, null)", ""]
+    return "\n".join(lines)
