@@ -1,0 +1,29 @@
+"""Entry point: parse the command line, then hand over to the monitor."""
+
+from __future__ import annotations
+
+import os
+
+
+def main(argv: list[str]) -> int:
+    from . import CONTRACT_VERSION, __version__
+    from .options import ConfigError, UsageError, help_text, parse_args, validate
+
+    try:
+        opts = parse_args(argv)
+    except UsageError as err:
+        os.write(2, f"conmon: option parsing failed: {err}\n".encode())
+        return 1
+    if opts.help:
+        os.write(1, help_text().encode())
+        return 0
+    if opts.version:
+        os.write(1, f"conmon version {CONTRACT_VERSION}\ncommit: pyconmon-{__version__}\npyconmon version {__version__}\n".encode())
+        return 0
+    try:
+        validate(opts)
+    except ConfigError as err:
+        os.write(2, f"{err.prefix}{err.text}\n".encode())
+        return 1
+    from .monitor import run
+    return run(opts)
