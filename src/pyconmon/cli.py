@@ -27,3 +27,9 @@ def main(argv: list[str]) -> int:
         return 1
     from .monitor import run
     return run(opts)
+
+
+def console_main() -> None:
+    """The ``pyconmon`` console script."""
+    import sys
+    sys.exit(main(sys.argv[1:]))

@@ -62,9 +62,14 @@ def set_oom_score_adj(value: str, pid: str = "self") -> str | None:
 
 def open_fds() -> list[int]:
     """The descriptors open in this process now."""
+    import fcntl
     fds = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)  # drops the fd listdir itself used
+        except OSError:
+            continue
         fds.append(fd)
     return sorted(fds)
 

@@ -1,0 +1,245 @@
+"""The attach socket: container output to clients, client input to stdin.
+
+Wire format (CONTRACT 4): SOCK_SEQPACKET; each packet to a client is one
+stream byte (2 stdout, 3 stderr) and at most 8192 bytes of data, because
+clients read with an 8193-byte buffer and SEQPACKET silently truncates.
+Input packets are raw bytes for the container's stdin (CRI-O sends up to
+32 KiB at a time).
+
+Facts that shape this module:
+
+* Sockets in ``sun_path`` are limited to 108 bytes and bundle paths are
+  longer, so the socket is bound as ``/proc/self/fd/<dirfd>/attach`` through
+  an O_PATH handle on its directory.
+* conmon writes to clients with blocking writes, so one client that stops
+  reading stalls the container, the log and every other client.  Here each
+  client socket is non-blocking and has its own queue, bounded by
+  ``CLIENT_QUEUE_MAX``; a client whose queue overflows is disconnected with a
+  warning (it cannot be given a consistent stream any more), and everyone
+  else carries on.
+* A client that half-closes (``SHUT_WR``: its stdin ended) still wants
+  output; only a full hangup (EPOLLHUP, or an error on send) removes it.
+  After EOF the client stays registered with no input interest so that the
+  hangup is still reported without the read side spinning.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Callable
+
+import _socket
+
+from .diag import Diagnostics
+from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
+
+MAX_PACKET_DATA = 8192
+CLIENT_QUEUE_MAX = 4 << 20  # bytes queued per client before it is dropped
+INPUT_READ = 65536
+_SOCK_FLAGS = _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK
+
+
+def packets(stream: int, data: bytes) -> list[bytes]:
+    """Attach packets for one chunk of output."""
+    head = bytes((stream,))
+    if len(data) <= MAX_PACKET_DATA:
+        return [head + data]
+    return [head + data[i:i + MAX_PACKET_DATA] for i in range(0, len(data), MAX_PACKET_DATA)]
+
+
+def link_path(socket_dir: str, cuuid: str) -> str:
+    """``<socket dir>/<cuuid>``, cut by one byte when it is exactly 107 long (conmon's rule)."""
+    path = os.path.join(socket_dir, cuuid)
+    if len(path) == 107:
+        path = path[:-1]
+    return path
+
+
+class AttachClient:
+    __slots__ = ("sock", "fd", "queue", "queued", "reading")
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.reading = True
+
+
+class AttachServer:
+    """Listens on ``attach`` and serves any number of clients."""
+
+    def __init__(self, loop: EventLoop, diag: Diagnostics, bundle: str, socket_dir: str | None,
+                 cuuid: str | None, full_attach: bool, on_input: Callable[[bytes], None],
+                 on_client_eof: Callable[[], None]) -> None:
+        self.loop = loop
+        self.diag = diag
+        self.on_input = on_input
+        self.on_client_eof = on_client_eof
+        self.clients: dict[int, AttachClient] = {}
+        self.link: str | None = None
+        self.input_paused = False
+        if full_attach or not cuuid or not socket_dir:
+            directory = bundle
+        else:
+            self.link = link_path(socket_dir, cuuid)
+            os.makedirs(socket_dir, exist_ok=True)
+            if os.path.lexists(self.link):
+                os.unlink(self.link)
+            os.symlink(bundle, self.link)
+            directory = self.link
+        self.path = os.path.join(directory, "attach")
+        dirfd = os.open(directory, os.O_PATH | os.O_CLOEXEC)
+        try:
+            proc_path = f"/proc/self/fd/{dirfd}/attach"
+            try:
+                os.unlink(proc_path)
+            except FileNotFoundError:
+                pass
+            sock = _socket.socket(_socket.AF_UNIX, _SOCK_FLAGS)
+            sock.bind(proc_path)
+            os.chmod(proc_path, 0o700)
+        finally:
+            os.close(dirfd)
+        sock.listen(10)
+        self.sock = sock
+        loop.add(sock.fileno(), EPOLLIN, self._on_listen)
+
+    # -- connections ---------------------------------------------------------
+    def _on_listen(self, events: int) -> None:
+        while True:
+            try:
+                fd, _addr = self.sock._accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                self.diag.warn(f"Failed to accept attach client: {err.strerror}")
+                return
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, fd)
+            sock.setblocking(False)
+            client = AttachClient(sock)
+            self.clients[client.fd] = client
+            self.loop.add(client.fd, 0 if self.input_paused else EPOLLIN,
+                          lambda ev, c=client: self._on_client(c, ev))
+            self.diag.debug("Accepted attach client")
+
+    def _on_client(self, client: AttachClient, events: int) -> None:
+        if events & EPOLLOUT:
+            self._flush(client)
+            if client.fd not in self.clients:
+                return
+        if events & EPOLLIN and client.reading:
+            try:
+                data = client.sock.recv(INPUT_READ)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                self.drop(client, None)
+                return
+            if data is not None:
+                if data:
+                    self.on_input(data)
+                else:
+                    client.reading = False
+                    self._update_mask(client)
+                    self.on_client_eof()
+                    return
+        if events & (EPOLLHUP | EPOLLERR) and not events & EPOLLIN:
+            self.drop(client, None)
+
+    def _update_mask(self, client: AttachClient) -> None:
+        mask = 0
+        if client.reading and not self.input_paused:
+            mask |= EPOLLIN
+        if client.queue:
+            mask |= EPOLLOUT
+        self.loop.modify(client.fd, mask)
+
+    def pause_input(self, paused: bool) -> None:
+        """Stop reading client input while the container's stdin is backed up."""
+        if paused != self.input_paused:
+            self.input_paused = paused
+            for client in self.clients.values():
+                self._update_mask(client)
+
+    def drop(self, client: AttachClient, reason: str | None) -> None:
+        if self.clients.pop(client.fd, None) is None:
+            return
+        if reason:
+            self.diag.warn(reason)
+        self.loop.remove(client.fd)
+        client.sock.close()
+        if client.reading:
+            client.reading = False
+            self.on_client_eof()
+
+    # -- output --------------------------------------------------------------
+    def broadcast(self, stream: int, data: bytes) -> None:
+        if not self.clients:
+            return
+        pkts = packets(stream, data)
+        size = len(data) + len(pkts)
+        for client in list(self.clients.values()):
+            if client.queue:
+                client.queue.extend(pkts)
+                client.queued += size
+                if client.queued > CLIENT_QUEUE_MAX:
+                    self.drop(client, f"Attach client too slow: dropped it after {client.queued} bytes queued")
+                continue
+            for i, pkt in enumerate(pkts):
+                try:
+                    client.sock.send(pkt)
+                except (BlockingIOError, InterruptedError):
+                    rest = pkts[i:]
+                    client.queue.extend(rest)
+                    client.queued += sum(map(len, rest))
+                    self._update_mask(client)
+                    break
+                except OSError:
+                    self.drop(client, None)
+                    break
+
+    def _flush(self, client: AttachClient) -> None:
+        queue = client.queue
+        while queue:
+            pkt = queue[0]
+            try:
+                client.sock.send(pkt)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.drop(client, None)
+                return
+            queue.popleft()
+            client.queued -= len(pkt)
+        self._update_mask(client)
+
+    def flush_all(self, timeout: float = 1.0) -> None:
+        """Give clients a last chance to take queued output before they are closed."""
+        import select
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [c for c in self.clients.values() if c.queue]
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                return
+            _r, writable, _x = select.select([], [c.fd for c in waiting], [], left)
+            for client in waiting:
+                if client.fd in writable:
+                    self._flush(client)
+
+    def close(self) -> None:
+        for client in list(self.clients.values()):
+            self.loop.remove(client.fd)
+            client.sock.close()
+        self.clients.clear()
+        self.loop.remove(self.sock.fileno())
+        self.sock.close()
+        for path in (self.path, self.link):
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass

@@ -1,0 +1,167 @@
+"""The ``ctl`` and ``winsz`` control FIFOs in the bundle.
+
+``ctl`` carries lines ``TYPE A B``: type 1 resizes the pty to A rows and B
+columns, type 2 reopens the log files.  ``winsz`` carries ``ROWS COLS``.
+
+Facts that shape this module:
+
+* A FIFO whose last writer closes reports EPOLLHUP to its reader forever
+  after; the monitor keeps its own write end open so that never happens and
+  so that a blocking ``open(O_WRONLY)`` by Podman or CRI-O always finds a
+  reader.
+* Writers may split a line across writes or put several lines in one, and
+  anything can arrive; the parser keeps a partial line between reads, bounds
+  it, and rejects bad lines with a warning without ever stopping.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Callable
+
+from .diag import Diagnostics
+from .loop import EPOLLIN, EventLoop
+
+MAX_LINE = 256
+MAX_SIZE = 1000
+
+
+class LineBuffer:
+    """Splits a byte stream into lines, with a bound on a pending partial line."""
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self.pending = b""
+        self.limit = limit
+        self.overflow = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        parts = (self.pending + data).split(b"\n")
+        self.pending = parts.pop()
+        lines = []
+        for part in parts:
+            if self.overflow:
+                self.overflow = False  # the rest of an over-long line: dropped
+                continue
+            lines.append(part)
+        if len(self.pending) > self.limit:
+            self.pending = b""
+            self.overflow = True
+        return lines
+
+
+def parse_ctl_line(line: bytes) -> tuple[int, int, int]:
+    """``TYPE A B`` → integers; ValueError for anything malformed or out of range."""
+    words = line.split()
+    if len(words) != 3:
+        raise ValueError(f"expected 3 fields, got {len(words)}")
+    kind, a, b = (int(w) for w in words)  # int() rejects non-digits with ValueError
+    if kind not in (1, 2):
+        raise ValueError(f"unknown message type {kind}")
+    if kind == 1 and not (0 <= a <= MAX_SIZE and 0 <= b <= MAX_SIZE):
+        raise ValueError(f"size {a}x{b} out of range")
+    return kind, a, b
+
+
+def parse_winsz_line(line: bytes) -> tuple[int, int]:
+    words = line.split()
+    if len(words) != 2:
+        raise ValueError(f"expected 2 fields, got {len(words)}")
+    rows, cols = (int(w) for w in words)
+    if not (0 <= rows <= MAX_SIZE and 0 <= cols <= MAX_SIZE):
+        raise ValueError(f"size {rows}x{cols} out of range")
+    return rows, cols
+
+
+def resize_pty(fd: int, rows: int, cols: int) -> None:
+    import fcntl
+    import struct
+    import termios
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class Fifo:
+    """A FIFO the monitor reads, with its own spare writer."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode) or stat.S_ISREG(st.st_mode) \
+                    or stat.S_ISLNK(st.st_mode):
+                os.unlink(path)
+        os.mkfifo(path, 0o660)
+        os.chmod(path, 0o660)
+        self.path = path
+        self.rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wfd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        self.lines = LineBuffer()
+
+    def read_lines(self) -> list[bytes]:
+        try:
+            data = os.read(self.rfd, 4096)
+        except BlockingIOError:
+            return []
+        return self.lines.feed(data)
+
+    def close(self) -> None:
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
+class ControlFifos:
+    """``ctl`` and ``winsz`` in one directory, dispatching resize and reopen."""
+
+    def __init__(self, loop: EventLoop, diag: Diagnostics, directory: str,
+                 resize: Callable[[int, int], None], reopen: Callable[[], None]) -> None:
+        self.loop = loop
+        self.diag = diag
+        self.resize = resize
+        self.reopen = reopen
+        self.ctl = Fifo(os.path.join(directory, "ctl"))
+        self.winsz = Fifo(os.path.join(directory, "winsz"))
+        loop.add(self.ctl.rfd, EPOLLIN, self._on_ctl)
+        loop.add(self.winsz.rfd, EPOLLIN, self._on_winsz)
+
+    def _on_ctl(self, events: int) -> None:
+        for line in self.ctl.read_lines():
+            self.handle_ctl_line(line)
+
+    def handle_ctl_line(self, line: bytes) -> None:
+        try:
+            kind, a, b = parse_ctl_line(line)
+        except ValueError as err:
+            self.diag.warn(f"Ignoring malformed ctl message {line[:64]!r}: {err}")
+            return
+        if kind == 1:
+            self._resize(a, b)
+        else:
+            self.diag.info("Reopening log files")
+            self.reopen()
+
+    def _on_winsz(self, events: int) -> None:
+        for line in self.winsz.read_lines():
+            try:
+                rows, cols = parse_winsz_line(line)
+            except ValueError as err:
+                self.diag.warn(f"Ignoring malformed winsz message {line[:64]!r}: {err}")
+                continue
+            self._resize(rows, cols)
+
+    def _resize(self, rows: int, cols: int) -> None:
+        try:
+            self.resize(rows, cols)
+        except OSError as err:
+            self.diag.warn(f"Failed to resize the terminal: {err.strerror}")
+
+    def close(self, unlink: bool = False) -> None:
+        for fifo in (self.ctl, self.winsz):
+            self.loop.remove(fifo.rfd)
+            fifo.close()
+            if unlink:
+                try:
+                    os.unlink(fifo.path)
+                except OSError:
+                    pass

@@ -1,0 +1,307 @@
+"""The journald log driver: one journal entry per line of container output.
+
+Owns the encoding of entries in the journal's native protocol, the per-stream
+line buffers, and the socket to journald (CONTRACT section 5).
+
+Protocol facts (what libsystemd's ``sd_journal_sendv`` does): an entry is one
+``AF_UNIX``/``SOCK_DGRAM`` datagram to ``/run/systemd/journal/socket``, made of
+fields.  A value without a newline may be written ``NAME=VALUE\\n``; any value
+may be written binary-safe as ``NAME\\n`` + its length as a 64-bit
+little-endian integer + the bytes + ``\\n``.  MESSAGE always takes the
+binary-safe form, so NULs, newlines and invalid UTF-8 pass untouched.  Field
+names are uppercase ASCII letters, digits and ``_``, not starting with ``_`` or
+a digit, at most 64 characters; journald silently drops fields with other
+names, so labels with such names are skipped here (with one warning).  A
+datagram larger than the socket's send buffer fails with EMSGSIZE (ENOBUFS
+when the kernel is short of memory): the same payload then goes into a memfd
+sealed against any change and an empty datagram carries it as SCM_RIGHTS.
+
+Lines: a line's entry has MESSAGE = the line with its ``\\n``.  A line that
+outgrows the 8 KiB per-stream buffer is sent in pieces of 8192 bytes, each
+marked ``CONTAINER_PARTIAL_MESSAGE=true`` (unless partial messages are off),
+the last piece (the one with the ``\\n``) unmarked; pieces are cut at fixed
+offsets from the line start, so how the output was chunked by reads never
+changes the entries.  A line starting ``<N>`` (N in 0..7) has the prefix
+removed and PRIORITY N; later pieces of that line keep N.  A partial line left
+at exit goes out marked partial by ``flush``.
+
+The socket is connected (so that poll can tell when journald's queue has room)
+and non-blocking.  journald's queue holds only ``net.unix.max_dgram_qlen``
+datagrams, so EAGAIN is routine during bursts: the writer waits for room, at
+most 50 ms at a time; when journald takes no datagram for that long the writer
+drops lines without waiting (warned once) until a send succeeds again or a
+second has passed.  A missing or refusing socket is warned about once and the
+lines dropped; each later ``write`` tries to reconnect.  Nothing raises out of
+``write``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import sys
+import time
+
+import _socket
+
+from .diag import Diagnostics
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+LINE_BUF = 8192  # the per-stream buffer: a MESSAGE is at most this many bytes
+WAIT_MS = 50  # longest single wait for room in journald's queue
+CONGESTED_S = 1.0  # how long to drop without waiting after a wait timed out
+
+STDOUT, STDERR = 2, 3
+
+_PRIORITY = tuple(b"\nPRIORITY=%d\n" % n for n in range(8))  # also ends MESSAGE's value
+_PARTIAL = b"CONTAINER_PARTIAL_MESSAGE=true\n"
+_GONE = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.ECONNRESET,
+                   errno.EPIPE, errno.EDESTADDRREQ))
+_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+KEY_SOCKET = "journald-socket"
+KEY_FULL = "journald-full"
+KEY_SEND = "journald-send"
+
+
+def valid_field_name(name: bytes) -> bool:
+    """journald's rule for fields a client may set."""
+    return (0 < len(name) <= 64 and name[0] != 0x5F and not 0x30 <= name[0] <= 0x39
+            and _NAME_CHARS.issuperset(name))
+
+
+def encode_field(name: bytes, value: bytes) -> bytes:
+    """One field, ``NAME=VALUE\\n`` or binary-safe when the value has a newline."""
+    if b"\n" in value:
+        return b"".join((name, b"\n", len(value).to_bytes(8, "little"), value, b"\n"))
+    return b"".join((name, b"=", value, b"\n"))
+
+
+def encode_message(message: bytes, priority: int, partial: bool, rest: bytes) -> bytes:
+    """A whole entry: MESSAGE (binary-safe), PRIORITY, the partial flag, then ``rest``."""
+    return b"".join((b"MESSAGE\n", len(message).to_bytes(8, "little"), message,
+                     _PRIORITY[priority], _PARTIAL if partial else b"", rest))
+
+
+def split_prefix(line: bytes, default: int) -> tuple[bytes, int]:
+    """Strip a ``<N>`` priority prefix (N in 0..7) from the start of a line."""
+    if line[:1] == b"<" and line[2:3] == b">" and 0x30 <= line[1] <= 0x37:
+        return line[3:], line[1] - 0x30
+    return line, default
+
+
+class JournaldWriter:
+    """Log driver: one journal entry per line of container output."""
+
+    def __init__(self, cid: str, name: str | None, tag: str | None, labels: list[str],
+                 partial_messages: bool = True, socket_path: str = JOURNAL_SOCKET,
+                 diag: Diagnostics | None = None) -> None:
+        self.socket_path = socket_path
+        self.diag = diag
+        self.partial_messages = partial_messages
+        fields = [encode_field(b"CONTAINER_ID_FULL", cid.encode()),
+                  encode_field(b"CONTAINER_ID", cid[:12].encode())]
+        if name:
+            fields.append(encode_field(b"CONTAINER_NAME", name.encode()))
+        if tag:
+            fields.append(encode_field(b"CONTAINER_TAG", tag.encode()))
+        fields.append(encode_field(b"SYSLOG_IDENTIFIER", (tag or name or cid[:12]).encode()))
+        for label in labels:
+            key, eq, value = label.encode("utf-8", "surrogateescape").partition(b"=")
+            if eq and valid_field_name(key):
+                fields.append(encode_field(key, value))
+            elif diag is not None:
+                diag.warn_once("journald-label:" + label,
+                               f"journald: ignoring log label {label!r}: not NAME=VALUE with a valid field name")
+        self._fields = b"".join(fields)
+        # Per stream (index 0 stdout, 1 stderr): the unsent start of the current
+        # line, whether a piece of it went out already, and that line's priority.
+        self._pend = (bytearray(), bytearray())
+        self._cont = [False, False]
+        self._prio = [6, 3]
+        self._sock: _socket.socket | None = None
+        self._congested_until = 0.0
+        self._troubled: set[str] = set()
+
+    # -- lines to entries ------------------------------------------------
+
+    def write(self, stream: int, data: bytes) -> None:
+        if not data:
+            return
+        err = 1 if stream == STDERR else 0
+        pend = self._pend[err]
+        if b"\n" not in data:
+            pend += data
+            if len(pend) >= LINE_BUF:
+                out: list[bytes] = []
+                self._pieces(err, out)
+                self._send(out)
+            return
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if pend:
+            lines[0] = bytes(pend) + lines[0]
+            pend.clear()
+        default = 3 if err else 6
+        fields = self._fields
+        out = []
+        append = out.append
+        for line in lines:
+            if self._cont[err] or len(line) >= LINE_BUF:
+                self._long_line(err, line, out)
+                continue
+            if line[:1] == b"<":
+                message, prio = split_prefix(line, default)
+                message += b"\n"
+            else:
+                message, prio = line + b"\n", default
+            append(b"".join((b"MESSAGE\n", len(message).to_bytes(8, "little"), message,
+                             _PRIORITY[prio], fields)))
+        if rest:
+            pend += rest
+            if len(pend) >= LINE_BUF:
+                self._pieces(err, out)
+        self._send(out)
+
+    def _entry(self, err: int, piece: bytes, partial: bool, out: list[bytes]) -> None:
+        """Queue one piece of the current line of stream ``err``."""
+        if self._cont[err]:
+            prio = self._prio[err]
+        else:
+            piece, prio = split_prefix(piece, 3 if err else 6)
+            self._prio[err] = prio
+        self._cont[err] = partial
+        out.append(encode_message(piece, prio, partial and self.partial_messages, self._fields))
+
+    def _long_line(self, err: int, line: bytes, out: list[bytes]) -> None:
+        """A complete line that is a continuation or longer than the buffer."""
+        message = line + b"\n"
+        last = len(message) - 1
+        for start in range(0, len(message), LINE_BUF):
+            piece = message[start:start + LINE_BUF]
+            self._entry(err, piece, start + LINE_BUF <= last, out)
+
+    def _pieces(self, err: int, out: list[bytes]) -> None:
+        """Send the full buffers' worth of the pending partial line."""
+        pend = self._pend[err]
+        whole = len(pend) - len(pend) % LINE_BUF
+        for start in range(0, whole, LINE_BUF):
+            self._entry(err, bytes(pend[start:start + LINE_BUF]), True, out)
+        del pend[:whole]
+
+    def flush(self) -> None:
+        """Send the partial lines still buffered (marked partial)."""
+        out: list[bytes] = []
+        for err in (0, 1):
+            pend = self._pend[err]
+            if pend:
+                self._entry(err, bytes(pend), True, out)
+                pend.clear()
+            self._cont[err] = False
+        self._send(out)
+
+    def reopen(self) -> None:
+        """Nothing to reopen for journald; reconnect on the next write."""
+        self._drop_socket()
+
+    def close(self) -> None:
+        self.flush()
+        self._drop_socket()
+
+    # -- the socket ------------------------------------------------------
+
+    def _warn(self, key: str, text: str) -> None:
+        self._troubled.add(key)
+        if self.diag is not None:
+            self.diag.warn_once(key, text)
+
+    def _recovered(self) -> None:
+        if self.diag is not None:
+            for key in self._troubled:
+                self.diag.forget(key)
+        self._troubled.clear()
+        self._congested_until = 0.0
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connect(self) -> _socket.socket | None:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as e:
+            sock.close()
+            self._warn(KEY_SOCKET, f"journald: cannot connect to {self.socket_path}: {e.strerror}; "
+                                   "dropping log lines")
+            return None
+        self._sock = sock
+        return sock
+
+    def _send(self, payloads: list[bytes]) -> None:
+        """Send entries; never raises, never waits more than WAIT_MS at a time."""
+        if not payloads:
+            return
+        sock = self._sock or self._connect()
+        if sock is None:
+            return
+        reconnected = False
+        for payload in payloads:
+            memfd = False
+            while True:
+                try:
+                    if memfd:
+                        self._send_memfd(sock, payload)
+                    else:
+                        sock.send(payload)
+                except OSError as e:
+                    code = e.errno
+                    if code == errno.EAGAIN:
+                        if time.monotonic() >= self._congested_until and self._wait(sock):
+                            continue
+                        self._congested_until = time.monotonic() + CONGESTED_S
+                        self._warn(KEY_FULL, "journald: not accepting entries; dropping log lines")
+                        break
+                    if code in (errno.EMSGSIZE, errno.ENOBUFS) and not memfd:
+                        memfd = True
+                        continue
+                    if code in _GONE:
+                        self._drop_socket()
+                        if reconnected:
+                            return
+                        reconnected = True
+                        new = self._connect()
+                        if new is None:
+                            return
+                        sock = new
+                        continue
+                    self._warn(KEY_SEND, f"journald: cannot send an entry: {e.strerror}; dropping it")
+                    break
+                else:
+                    if self._troubled:
+                        self._recovered()
+                    break
+
+    @staticmethod
+    def _wait(sock: _socket.socket) -> bool:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        return bool(poller.poll(WAIT_MS))
+
+    @staticmethod
+    def _send_memfd(sock: _socket.socket, payload: bytes) -> None:
+        """The payload in a sealed memfd, passed in an empty datagram."""
+        import fcntl
+
+        fd = os.memfd_create("pyconmon-journal", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                        | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+            sock.sendmsg([], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
+        finally:
+            os.close(fd)

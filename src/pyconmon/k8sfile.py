@@ -1,0 +1,218 @@
+"""The k8s-file log driver: CRI log records in a file, with size limits.
+
+Record: ``<local time, 9 fraction digits, +hh:mm> <stdout|stderr> <F|P> <content>\n``
+(CONTRACT section 5).  ``F`` ends a line, ``P`` is a piece of one; content is
+at most 8192 bytes.  Formatting works on whole chunks: the complete lines of a
+chunk become records with one ``split``/``join`` (C loops, no Python loop per
+line), and the batch goes out in one ``write``.  Only when a size limit is
+near does the writer fall back to record-by-record writes, so that it can
+reopen the file between two records and a record never straddles files.
+
+A write that fails (ENOSPC, EIO) warns once, drops the batch, truncates any
+partial record away so the file stays parseable, and logs again when writes
+succeed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .diag import Diagnostics
+
+MAX_RECORD = 8192
+STREAM_NAMES = {2: b"stdout", 3: b"stderr"}
+
+
+class Clock:
+    """Formats k8s timestamps; caches the part that changes once a second."""
+
+    __slots__ = ("_sec", "_head", "_tail")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._head = b""
+        self._tail = b""
+
+    def stamp(self, ns: int | None = None) -> bytes:
+        if ns is None:
+            ns = time.time_ns()
+        sec, frac = divmod(ns, 1_000_000_000)
+        if sec != self._sec:
+            tm = time.localtime(sec)
+            off = tm.tm_gmtoff or 0
+            sign = "+" if off >= 0 else "-"
+            off = abs(off) // 60
+            self._head = time.strftime("%Y-%m-%dT%H:%M:%S", tm).encode()
+            self._tail = f"{sign}{off // 60:02d}:{off % 60:02d}".encode()
+            self._sec = sec
+        return b"%s.%09d%s" % (self._head, frac, self._tail)
+
+
+def _pieces(full: bytes, part: bytes, line: bytes, ends_line: bool) -> bytes:
+    """Records for one line (or the unterminated tail) longer than a record."""
+    out = []
+    n = len(line)
+    for start in range(0, n, MAX_RECORD):
+        chunk = line[start:start + MAX_RECORD]
+        last = start + MAX_RECORD >= n
+        out.append((full if (last and ends_line) else part) + chunk + b"\n")
+    return b"".join(out)
+
+
+def format_records(stamp: bytes, stream: int, data: bytes) -> bytes:
+    """All k8s-file records for one chunk of container output."""
+    name = STREAM_NAMES[stream]
+    full = stamp + b" " + name + b" F "
+    part = stamp + b" " + name + b" P "
+    end = data.rfind(b"\n") + 1
+    out = b""
+    if end:
+        body = data[:end - 1]
+        if len(body) <= MAX_RECORD:
+            out = full + body.replace(b"\n", b"\n" + full) + b"\n"
+        else:
+            lines = body.split(b"\n")
+            if max(map(len, lines)) <= MAX_RECORD:
+                out = full + (b"\n" + full).join(lines) + b"\n"
+            else:
+                out = b"".join(
+                    full + line + b"\n" if len(line) <= MAX_RECORD else _pieces(full, part, line, True)
+                    for line in lines)
+    if end < len(data):
+        tail = data[end:]
+        if len(tail) <= MAX_RECORD:
+            out += part + tail + b"\n"
+        else:
+            out += _pieces(full, part, tail, False)
+    return out
+
+
+def parse_records(text: bytes) -> list[tuple[bytes, bytes, bytes, bytes]]:
+    """Split a k8s-file back into (time, stream, tag, content) records."""
+    records = []
+    for line in text.split(b"\n")[:-1]:
+        stamp, stream, tag, content = line.split(b" ", 3)
+        records.append((stamp, stream, tag, content))
+    return records
+
+
+class K8sFileWriter:
+    """Appends records to one k8s-file log, reopening it at the size limit."""
+
+    def __init__(self, path: str, diag: Diagnostics, size_max: int = -1, rotate: bool = False,
+                 max_files: int = 1, allowlist: list[str] | None = None) -> None:
+        self.path = path
+        self.diag = diag
+        self.size_max = size_max
+        self.rotate = rotate
+        self.max_files = max(1, max_files)
+        self.allowlist = allowlist or []
+        self.clock = Clock()
+        self.fd = -1
+        self.size = 0
+        self.failing = False
+        self._open()
+
+    # -- files -------------------------------------------------------------
+    def _open(self) -> None:
+        from .logpath import check_log_path
+        check_log_path(self.path, self.allowlist)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+        self.size = os.fstat(fd).st_size
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = fd
+
+    def reopen(self) -> None:
+        """Start a fresh file: rotate or truncate-by-rename (ctl 2 and the size limit).
+
+        The rename makes an IN_MOVED_TO on the path, which CRI-O's
+        ReopenContainerLog waits for.
+        """
+        from .logpath import check_log_path
+        try:
+            check_log_path(self.path, self.allowlist)
+            if self.rotate:
+                for i in range(self.max_files, 1, -1):
+                    older = f"{self.path}.{i - 1}"
+                    if os.path.lexists(older):
+                        os.rename(older, f"{self.path}.{i}")
+                if os.path.lexists(self.path):
+                    os.rename(self.path, f"{self.path}.1")
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            else:
+                tmp = self.path + ".tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                             | os.O_NOFOLLOW, 0o640)
+                os.rename(tmp, self.path)
+        except (OSError, ValueError) as err:
+            self.diag.warn_once("reopen:" + self.path, f"Failed to reopen log file {self.path}: {err}")
+            return
+        self.diag.forget("reopen:" + self.path)
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = fd
+        self.size = 0
+
+    # -- writing -----------------------------------------------------------
+    def write(self, stream: int, data: bytes) -> None:
+        out = format_records(self.clock.stamp(), stream, data)
+        limit = self.size_max
+        if limit <= 0 or self.size + len(out) <= limit:
+            self._write(out)
+            return
+        # Near the limit: write whole records, reopening before one would overflow.
+        batch: list[bytes] = []
+        pending = 0
+        for record in out[:-1].split(b"\n"):
+            record += b"\n"
+            if self.size + pending + len(record) > limit and self.size + pending > 0:
+                if batch:
+                    self._write(b"".join(batch))
+                    batch, pending = [], 0
+                if self.size > 0:
+                    self.reopen()
+            batch.append(record)
+            pending += len(record)
+        if batch:
+            self._write(b"".join(batch))
+
+    def _write(self, out: bytes) -> None:
+        fd = self.fd
+        start = self.size
+        view = memoryview(out)
+        done = 0
+        try:
+            while done < len(out):
+                done += os.write(fd, view[done:])
+        except OSError as err:
+            if done:
+                try:
+                    os.ftruncate(fd, start)  # never leave half a record behind
+                except OSError:
+                    pass
+            self.failing = True
+            self.diag.warn_once("write:" + self.path,
+                                f"Failed to write to log file {self.path}: {err.strerror}; dropping output until it works again")
+            return
+        if self.failing:
+            self.failing = False
+            self.diag.forget("write:" + self.path)
+            self.diag.info(f"Writing to log file {self.path} again")
+        self.size = start + done
+
+    def flush(self) -> None:
+        pass
+
+    def sync(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,75 @@
+"""Fan-out of container output to the configured log drivers.
+
+Owns the set of writers made from ``--log-path`` (k8s-file, journald, none;
+passthrough has no writer because the container writes to the caller's stdio
+itself) and the ``--log-global-size-max`` budget: once it is spent, output is
+dropped (the pipes keep draining so the container never blocks) and the
+diagnostics say so once.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .diag import Diagnostics
+from .options import Options
+
+
+class LogWriter(Protocol):
+    def write(self, stream: int, data: bytes) -> None: ...
+    def reopen(self) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class LogSinks:
+    """Every log writer of one container, written to as one."""
+
+    def __init__(self, writers: list[LogWriter], diag: Diagnostics, global_max: int = -1) -> None:
+        self.writers = writers
+        self.diag = diag
+        self.budget = global_max if global_max > 0 else -1
+
+    @classmethod
+    def from_options(cls, opts: Options, diag: Diagnostics) -> "LogSinks":
+        writers: list[LogWriter] = []
+        for driver in opts.log_drivers:
+            if driver.kind == "k8s-file":
+                from .k8sfile import K8sFileWriter
+                writers.append(K8sFileWriter(driver.path, diag, opts.log_size_max, opts.log_rotate,
+                                             opts.log_max_files, opts.log_allowlist_dirs))
+            elif driver.kind == "journald" and not any(type(w).__name__ == "JournaldWriter" for w in writers):
+                from .journald import JournaldWriter
+                assert opts.cid
+                writers.append(JournaldWriter(opts.cid, opts.name, opts.log_tag, opts.log_labels,
+                                              not opts.no_partial_message, diag=diag))
+        return cls(writers, diag, opts.log_global_size_max)
+
+    def write(self, stream: int, data: bytes) -> None:
+        if self.budget >= 0:
+            if self.budget < len(data):
+                if self.budget > 0:
+                    data = data[:self.budget]
+                    self.budget = 0
+                else:
+                    self.diag.warn_once("global-size", "Global log size limit reached: dropping further output")
+                    return
+            else:
+                self.budget -= len(data)
+        for writer in self.writers:
+            writer.write(stream, data)
+
+    def reopen(self) -> None:
+        for writer in self.writers:
+            writer.reopen()
+
+    def finish(self, sync: bool) -> None:
+        """At exit: flush partial lines, fsync files unless --no-sync-log."""
+        for writer in self.writers:
+            writer.flush()
+            if sync and hasattr(writer, "sync"):
+                writer.sync()
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()

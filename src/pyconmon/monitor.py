@@ -1,0 +1,476 @@
+"""One container's monitor: the sequence of CONTRACT section 2, in order.
+
+:func:`run` does the process set-up that must happen before and around the
+fork (start pipe, pidfile, detaching) and then hands over to
+:class:`Monitor`, which owns everything of one container: its stdio, log
+sinks, attach server, control FIFOs, OOM watcher, timers and the runtime
+child.  The monitor holds no module-level state, so several could share one
+process and one :class:`~pyconmon.loop.EventLoop`.
+
+Facts that shape it:
+
+* The runtime's stderr is the container's stderr pipe.  The pipes are read
+  only after the runtime child has exited: on failure what is there is the
+  runtime's error (reported on the sync pipe, not logged, as conmon does);
+  on success it is container output and goes to the log.
+* Children are reaped with ``waitpid(-1, WNOHANG)`` on every SIGCHLD and
+  their statuses kept, so a container that exits before its pid file is read
+  is still recognised.
+* After the container exits, output is drained before the exit files are
+  written: once a caller sees the exit file, the log is complete.
+"""
+
+from __future__ import annotations
+
+import os
+
+import _signal
+
+from .diag import Diagnostics
+from .exitfiles import exit_code_from_status, run_exit_command, write_exit_files
+from .loop import EventLoop
+from .options import Options
+from .process import (
+    fd_from_env,
+    open_fds,
+    redirect_stdio_to_devnull,
+    set_oom_score_adj,
+    set_parent_death_signal,
+    set_subreaper,
+    write_file_atomic,
+)
+from .runtime import ListenPidError, listen_pid_env, preserved_fd_count, runtime_argv
+from .syncpipe import SyncPipe
+
+SIGQUIT, SIGKILL, SIGPIPE, SIGTERM, SIGCHLD, SIGINT = 3, 9, 13, 15, 17, 2
+FORWARDED = (SIGTERM, SIGINT, SIGQUIT)
+RUNTIME_ERR_MAX = 8192
+
+
+class Fatal(Exception):
+    """An error that ends the monitor with exit status 1."""
+
+
+class Monitor:
+    """Runs and supervises one container (or exec session)."""
+
+    def __init__(self, opts: Options, diag: Diagnostics, sync: SyncPipe, attach_pipe: SyncPipe | None,
+                 start_fd: int | None, inherited: list[int], old_oom: str | None, sinks: object | None,
+                 loop: EventLoop | None = None) -> None:
+        self.opts = opts
+        self.diag = diag
+        self.sync = sync
+        self.attach_pipe = attach_pipe
+        self.start_fd = start_fd
+        self.inherited = inherited
+        self.old_oom = old_oom
+        self.sinks = sinks
+        self.loop = loop or EventLoop()
+        self.statuses: dict[int, int] = {}
+        self.runtime_pid = 0
+        self.container_pid = 0
+        self.timed_out = False
+        self.oom_killed = False
+        self.stdio = None
+        self.attach = None
+        self.fifos = None
+        self.oom = None
+        self.notify = None
+        self.passthrough = "passthrough" in opts.log_kinds()
+
+    # -- signals and children -------------------------------------------------
+    def _on_signal(self, signum: int) -> None:
+        if signum == SIGCHLD:
+            self._reap()
+        elif signum in FORWARDED:
+            target = self.container_pid or self.runtime_pid
+            if target:
+                self.diag.info(f"Forwarding signal {signum} to {target}")
+                try:
+                    os.kill(target, signum)
+                except OSError:
+                    pass
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            self.statuses[pid] = status
+
+    # -- output ----------------------------------------------------------------
+    def _on_output(self, stream: int, data: bytes) -> None:
+        if self.sinks is not None:
+            self.sinks.write(stream, data)  # type: ignore[attr-defined]
+        if self.attach is not None:
+            self.attach.broadcast(stream, data)
+
+    def _on_input(self, data: bytes) -> None:
+        if self.stdio is not None:
+            self.stdio.write_stdin(data)
+
+    def _on_client_eof(self) -> None:
+        if self.opts.stdin and not self.opts.leave_stdin_open and self.stdio is not None:
+            self.stdio.close_stdin()
+
+    def _resize(self, rows: int, cols: int) -> None:
+        if self.stdio is not None and self.stdio.pty_master >= 0:
+            from .ctl import resize_pty
+            resize_pty(self.stdio.pty_master, rows, cols)
+
+    def _reopen_logs(self) -> None:
+        if self.sinks is not None:
+            self.sinks.reopen()  # type: ignore[attr-defined]
+
+    # -- set-up ------------------------------------------------------------------
+    def _setup_io(self) -> str | None:
+        """Create stdio, attach socket and FIFOs; the console socket path, if any."""
+        from .stdio import ContainerStdio
+        opts = self.opts
+        console = None
+        if not self.passthrough:
+            self.stdio = stdio = ContainerStdio(self.loop, self.diag, self._on_output)
+            if opts.terminal:
+                console = stdio.make_console_socket(os.environ.get("TMPDIR") or "/tmp")
+            else:
+                stdio.make_pipes(opts.stdin)
+            if opts.bundle and os.path.isdir(opts.bundle):
+                from .attach import AttachServer
+                from .ctl import ControlFifos
+                self.attach = AttachServer(self.loop, self.diag, opts.bundle, opts.socket_dir_path, opts.cuuid,
+                                           opts.full_attach, self._on_input, self._on_client_eof)
+                stdio.on_stdin_backlog = self.attach.pause_input
+                self.fifos = ControlFifos(self.loop, self.diag, opts.bundle, self._resize, self._reopen_logs)
+        if opts.sdnotify_socket and opts.bundle:
+            from .notify import NotifyRelay
+            try:
+                self.notify = NotifyRelay(opts.bundle, opts.sdnotify_socket, self.diag)
+            except OSError as err:
+                raise Fatal(f"Failed to create the notify socket: {err.strerror}") from None
+            self.loop.add(self.notify.fd, 1, lambda ev: self.notify.on_readable())  # type: ignore[union-attr]
+        return console
+
+    def _spawn_runtime(self, argv: list[str]) -> int:
+        opts = self.opts
+        env = dict(os.environ)
+        try:
+            rewrite_listen_pid = listen_pid_env(env, os.getppid() if opts.sync else self._caller_pid,
+                                                opts.replace_listen_pid)
+        except ListenPidError as err:
+            raise Fatal(str(err)) from None
+        if self.notify is not None:
+            env["NOTIFY_SOCKET"] = self.notify.socket_path
+        preserved = range(3, 3 + preserved_fd_count(opts))
+        child_fds = self.stdio.child_fds if self.stdio is not None else None
+        start_fd = self.start_fd if opts.exec_attach else None
+        pid = os.fork()
+        if pid == 0:  # the runtime child: never returns
+            try:
+                for sig in (SIGPIPE, SIGTERM, SIGINT, SIGQUIT, SIGCHLD):
+                    _signal.signal(sig, _signal.SIG_DFL)
+                set_parent_death_signal(SIGKILL)
+                if child_fds is not None:
+                    null = os.open("/dev/null", os.O_RDWR)
+                    for target, fd in enumerate(child_fds):
+                        os.dup2(fd if fd >= 0 else null, target)
+                for fd in preserved:
+                    try:
+                        os.set_inheritable(fd, True)
+                    except OSError:
+                        pass
+                if start_fd is not None:
+                    os.read(start_fd, 1)  # exec-attach: wait until the caller has attached
+                if self.old_oom is not None:
+                    set_oom_score_adj(self.old_oom)
+                if rewrite_listen_pid:
+                    env["LISTEN_PID"] = str(os.getpid())
+                os.execve(argv[0], argv, env)
+            except BaseException as err:
+                try:
+                    os.write(2, f"Failed to exec {argv[0]}: {err}\n".encode())
+                finally:
+                    os._exit(127)
+        return pid
+
+    _caller_pid = 0
+
+    def _read_pidfile(self) -> int:
+        path = self.opts.container_pidfile
+        assert path
+        try:
+            with open(path, "rb") as f:
+                text = f.read().strip()
+            pid = int(text)
+        except (OSError, ValueError):
+            return 0
+        return pid if pid > 0 else 0
+
+    def _runtime_stderr(self) -> str:
+        """What the runtime wrote on the stderr pipe (read before any pumping)."""
+        if self.stdio is None:
+            return ""
+        chunks = []
+        size = 0
+        for src in self.stdio.sources:
+            if src.stream != 3 or src.is_pty:
+                continue
+            while size < RUNTIME_ERR_MAX:
+                try:
+                    data = os.read(src.fd, RUNTIME_ERR_MAX - size)
+                except OSError:
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+                size += len(data)
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    # -- the sequence ------------------------------------------------------------
+    def run(self) -> int:
+        opts = self.opts
+        loop = self.loop
+        loop.handle_signals((SIGCHLD, SIGTERM, SIGINT, SIGQUIT), self._on_signal)
+        console = self._setup_io()
+        if self.attach_pipe is not None:
+            self.attach_pipe.send(0)
+        argv = runtime_argv(opts, console)
+        self.diag.debug("Running " + " ".join(argv))
+        self.runtime_pid = self._spawn_runtime(argv)
+        if self.stdio is not None:
+            self.stdio.close_child_ends()
+        if self.start_fd is not None:
+            os.close(self.start_fd)  # the child has its own copy for the second byte
+            self.start_fd = None
+        loop.run_until(lambda: self.runtime_pid in self.statuses)
+        runtime_status = self.statuses.pop(self.runtime_pid)
+        runtime_code = exit_code_from_status(runtime_status)
+
+        if self.stdio is not None and self.stdio.console is not None:
+            self.stdio._on_console(0)  # the runtime has sent the pty by now, if ever
+
+        pid = self._read_pidfile()
+        if runtime_code != 0 and not (opts.exec_ and pid):
+            return self._runtime_failed(runtime_code)
+        if opts.terminal and self.stdio is not None and self.stdio.pty_master < 0:
+            self.sync.send(-1, "Runtime did not set up terminal")
+            raise Fatal("Runtime did not set up terminal")
+        if not pid:
+            message = self._runtime_stderr() or f"Failed to read the container pid from {opts.container_pidfile}"
+            self.sync.send(-1, message)
+            raise Fatal(f"Failed to read the container pid from {opts.container_pidfile}")
+        self.container_pid = pid
+        if not opts.legacy_exec:
+            self.sync.send(pid)
+        self.diag.debug(f"Container pid {pid}")
+
+        self._watch_oom()
+        if self.stdio is not None:
+            self.stdio.watch_output()
+        if opts.timeout > 0:
+            loop.call_later(opts.timeout, self._on_timeout)
+        loop.run_until(lambda: pid in self.statuses)
+        status = self.statuses[pid]
+        if self.stdio is not None:
+            self.stdio.drain()
+        return self._finish(-1 if self.timed_out else exit_code_from_status(status))
+
+    def _runtime_failed(self, code: int) -> int:
+        message = self._runtime_stderr()
+        text = f"Failed to create container: exit status {code}"
+        self.sync.send(-1, message or text)
+        self.diag.error(text)
+        self._teardown()
+        return 1
+
+    def _watch_oom(self) -> None:
+        try:
+            from .oom import OomWatcher
+        except ImportError:
+            return
+        try:
+            self.oom = OomWatcher.for_pid(self.container_pid, self.diag)
+        except Exception as err:  # a watcher is optional: never fail the container for it
+            self.diag.warn(f"Failed to watch for OOM: {err}")
+            self.oom = None
+        if self.oom is not None:
+            for fd in self.oom.fds():
+                self.loop.add(fd, 1, lambda ev, fd=fd: self._on_oom_fd(fd))
+
+    def _on_oom_fd(self, fd: int) -> None:
+        assert self.oom is not None
+        try:
+            hit = self.oom.on_readable(fd)
+        except Exception as err:
+            self.diag.warn(f"OOM watcher failed: {err}")
+            self.loop.remove(fd)
+            return
+        if hit:
+            self._record_oom()
+
+    def _record_oom(self) -> None:
+        if not self.oom_killed:
+            self.oom_killed = True
+            self.diag.info("Container was OOM killed")
+            from .oom import write_oom_files
+            write_oom_files(self.opts.persist_dir, self.opts.bundle)
+
+    def _on_timeout(self) -> None:
+        if self.container_pid in self.statuses:
+            return
+        self.timed_out = True
+        self.diag.warn(f"Timed out after {self.opts.timeout} seconds: killing the container")
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(self.container_pid, SIGKILL)
+                break
+            except OSError:
+                continue
+
+    def _finish(self, code: int) -> int:
+        opts = self.opts
+        if self.oom is not None:
+            try:
+                if self.oom.final_check():
+                    self._record_oom()
+            except Exception as err:
+                self.diag.warn(f"OOM check failed: {err}")
+        if self.sinks is not None:
+            self.sinks.finish(not opts.no_sync_log)  # type: ignore[attr-defined]
+        if self.attach is not None:
+            self.attach.flush_all()
+        for fd in self.inherited:
+            if fd != self.sync.fd:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._teardown()
+        assert opts.cid
+        for err in write_exit_files(code, opts.cid, opts.persist_dir, opts.exit_dir):
+            self.diag.error(err)
+        if opts.exec_:
+            self.sync.send(code, "command timed out" if self.timed_out else None)
+        self.sync.close()
+        if opts.exit_command:
+            self.loop.restore_signals()
+            status = run_exit_command([opts.exit_command, *opts.exit_command_args], opts.exit_delay, self.old_oom)
+            if status:
+                return status
+        return 0
+
+    def _teardown(self) -> None:
+        for part in (self.attach, self.fifos, self.notify, self.oom):
+            if part is not None:
+                try:
+                    part.close()
+                except OSError:
+                    pass
+        self.attach = self.fifos = self.notify = self.oom = None
+        if self.stdio is not None:
+            self.stdio.close()
+        if self.sinks is not None:
+            self.sinks.close()  # type: ignore[attr-defined]
+            self.sinks = None
+
+
+def run(opts: Options) -> int:
+    """The whole life of a monitor process: CONTRACT section 2, steps 1-18."""
+    diag = Diagnostics(opts.log_level_num)
+    if opts.syslog:
+        assert opts.cid
+        diag.enable_syslog(opts.cid)
+    os.umask(0o022)
+    old_oom = set_oom_score_adj("-1000")
+    _signal.signal(SIGPIPE, _signal.SIG_IGN)
+    caller_pid = os.getppid()
+
+    if "passthrough" in opts.log_kinds():
+        for fd in (0, 1, 2):
+            if os.isatty(fd):
+                diag.error("passthrough log driver cannot be used with a terminal as stdio")
+                return 1
+    try:
+        start_fd = fd_from_env("_OCI_STARTPIPE")
+        sync_fd = fd_from_env("_OCI_SYNCPIPE")
+        attach_fd = fd_from_env("_OCI_ATTACHPIPE") if opts.exec_attach else None
+    except ValueError as err:
+        diag.error(f"Invalid fd number in the environment: {err}")
+        return 1
+
+    inherited_at_start = [fd for fd in open_fds() if fd > 2]
+
+    # Log files are opened before anything starts, so a bad path is a clear error.
+    from .logpath import LogPathError
+    from .logsink import LogSinks
+    try:
+        sinks = LogSinks.from_options(opts, diag)
+    except (OSError, LogPathError) as err:
+        diag.error(f"Failed to open log file: {err}")
+        return 1
+
+    if start_fd is not None:
+        try:
+            os.read(start_fd, 1)
+        except OSError as err:
+            diag.error(f"Failed to read from the start pipe: {err.strerror}")
+        if not opts.exec_attach:
+            os.close(start_fd)
+            start_fd = None
+
+    if not opts.sync:
+        child = os.fork()
+        if child:
+            if opts.conmon_pidfile:
+                try:
+                    write_file_atomic(opts.conmon_pidfile, str(child).encode())
+                except OSError as err:
+                    diag.error(f"Failed to write conmon pidfile: {err.strerror}")
+                    os.kill(child, SIGKILL)
+                    os._exit(1)
+            os._exit(0)
+    elif opts.conmon_pidfile:
+        write_file_atomic(opts.conmon_pidfile, str(os.getpid()).encode())
+
+    keep = {fd for fd in (sync_fd, attach_fd, start_fd) if fd is not None}
+    inherited = [fd for fd in inherited_at_start if fd not in keep]
+    preserved = set(range(3, 3 + preserved_fd_count(opts)))
+    for fd in inherited + list(keep):
+        if fd not in preserved:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+    if not ("passthrough" in opts.log_kinds()):
+        redirect_stdio_to_devnull()
+        diag.use_stderr = False
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    try:
+        set_subreaper(True)
+    except OSError as err:
+        diag.warn(f"Failed to become a child subreaper: {err.strerror}")
+
+    key = "data" if opts.api_version else ("exit_code" if opts.exec_ else "pid")
+    sync = SyncPipe(sync_fd, key)
+    attach_pipe = SyncPipe(attach_fd, "data") if attach_fd is not None else None
+    monitor = Monitor(opts, diag, sync, attach_pipe, start_fd, inherited, old_oom, sinks)
+    monitor._caller_pid = caller_pid
+    try:
+        return monitor.run()
+    except Fatal as err:
+        diag.error(str(err))
+        monitor._teardown()
+        return 1
+    except OSError as err:
+        diag.error(f"{err}")
+        sync.send(-1, str(err))
+        monitor._teardown()
+        return 1
+

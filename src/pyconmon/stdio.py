@@ -1,0 +1,369 @@
+"""The container's stdio: pipes or a pty, and the pumps that move bytes.
+
+Facts that shape this module:
+
+* Pipes are enlarged to 1 MiB (F_SETPIPE_SZ, up to the system's
+  ``pipe-max-size``) and read in chunks of that size, so a flood costs a few
+  hundred system calls per hundred megabytes instead of one per 8 KiB.
+* The container's ends are chmod 0777 (through /proc/self/fd) so a non-root
+  container user can reopen ``/dev/stdout``.
+* A pty master reports EPOLLHUP and fails reads with EIO while no process has
+  the slave open, which happens for a moment between ``runc create`` and
+  ``runc start`` and whenever the container's processes close the terminal.
+  That is not the end of the output: the master is taken out of epoll (so
+  the loop does not spin) and polled again a little later; the container's
+  exit, not the hangup, ends the monitor.
+* Output is drained after the container exits with non-blocking reads until
+  EAGAIN or EOF, so nothing the container wrote is lost even when it exits
+  at once after a flood.
+* The runtime's console socket passes the pty master as SCM_RIGHTS with one
+  fd and a name string as payload.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Callable
+
+import _socket
+
+from .diag import Diagnostics
+from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
+
+STDOUT, STDERR = 2, 3
+READ_CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+STDIN_QUEUE_MAX = 1 << 20
+PTY_RETRY = 0.1
+
+
+def _enlarge_pipe(fd: int) -> None:
+    import fcntl
+    for size in (PIPE_SIZE, 256 << 10):
+        try:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+            return
+        except OSError:
+            continue
+
+
+def _set_nonblocking(fd: int) -> None:
+    os.set_blocking(fd, False)
+
+
+def _chmod_fd(fd: int) -> None:
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", 0o777)
+    except OSError:
+        pass
+
+
+class OutputSource:
+    """One readable fd of container output (a pipe, or the pty master)."""
+
+    def __init__(self, fd: int, stream: int, is_pty: bool = False) -> None:
+        self.fd = fd
+        self.stream = stream
+        self.is_pty = is_pty
+        self.eof = False
+
+
+class ContainerStdio:
+    """Creates the container's stdio and moves its bytes.
+
+    ``on_output(stream, data)`` receives every chunk of output.  The
+    container's ends (``child_fds``) are what the runtime child dups onto 0-2.
+    """
+
+    def __init__(self, loop: EventLoop, diag: Diagnostics, on_output: Callable[[int, bytes], None]) -> None:
+        self.loop = loop
+        self.diag = diag
+        self.on_output = on_output
+        self.sources: list[OutputSource] = []
+        self.child_fds: list[int] = []  # fds for the runtime child's 0, 1, 2 (-1 = /dev/null)
+        self.stdin_fd = -1
+        self.stdin_queue: deque[bytes] = deque()
+        self.stdin_queued = 0
+        self.stdin_close_pending = False
+        self.on_stdin_backlog: Callable[[bool], None] | None = None
+        self.console: ConsoleSocket | None = None
+        self.pty_master = -1
+        self._retry_timer = None
+
+    # -- set-up --------------------------------------------------------------
+    def make_pipes(self, want_stdin: bool) -> None:
+        child = [-1, -1, -1]
+        if want_stdin:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            child[0] = r
+            self.stdin_fd = w
+            _set_nonblocking(w)
+            _chmod_fd(r)
+        for index, stream in ((1, STDOUT), (2, STDERR)):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            _enlarge_pipe(r)
+            _set_nonblocking(r)
+            _chmod_fd(w)
+            child[index] = w
+            self.sources.append(OutputSource(r, stream))
+        self.child_fds = child
+
+    def make_console_socket(self, tmpdir: str) -> str:
+        self.console = ConsoleSocket(tmpdir)
+        self.loop.add(self.console.sock.fileno(), EPOLLIN, self._on_console)
+        self.child_fds = [-1, -1, -1]
+        return self.console.path
+
+    def _on_console(self, events: int) -> None:
+        assert self.console is not None
+        master = self.console.try_receive(self.diag)
+        if master is not None:
+            self.loop.remove(self.console.sock.fileno())
+            self.console.close()
+            self.console = None
+            self.set_pty(master)
+
+    def set_pty(self, master: int) -> None:
+        import termios
+        try:
+            attrs = termios.tcgetattr(master)
+            attrs[1] |= termios.ONLCR | termios.OPOST
+            termios.tcsetattr(master, termios.TCSANOW, attrs)
+        except termios.error as err:
+            self.diag.warn(f"Failed to set ONLCR on the terminal: {err}")
+        _set_nonblocking(master)
+        self.pty_master = master
+        self.stdin_fd = master
+        self.sources.append(OutputSource(master, STDOUT, is_pty=True))
+        self.watch_output()
+
+    def close_child_ends(self) -> None:
+        for fd in self.child_fds:
+            if fd >= 0:
+                os.close(fd)
+        self.child_fds = [-1, -1, -1]
+
+    # -- output --------------------------------------------------------------
+    def watch_output(self) -> None:
+        for src in self.sources:
+            if not src.eof and not self.loop.watching(src.fd):
+                self.loop.add(src.fd, EPOLLIN, lambda ev, s=src: self._on_readable(s, ev))
+
+    def _on_readable(self, src: OutputSource, events: int) -> None:
+        if events & EPOLLOUT:  # only the pty master is both output and stdin
+            self._on_stdin_writable(events)
+        if events & (EPOLLIN | EPOLLHUP | EPOLLERR):
+            self.read_source(src, once=True)
+
+    def read_source(self, src: OutputSource, once: bool) -> None:
+        """Read what is there; ``once`` reads a single chunk (fairness in the loop)."""
+        while not src.eof:
+            try:
+                data = os.read(src.fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError:  # EIO: pty with no slave open
+                if src.is_pty:
+                    self._pty_hangup(src)
+                    return
+                data = b""
+            if not data:
+                if src.is_pty:
+                    self._pty_hangup(src)
+                    return
+                self._source_eof(src)
+                return
+            self.on_output(src.stream, data)
+            if once and len(data) < READ_CHUNK:
+                return
+
+    def _pty_hangup(self, src: OutputSource) -> None:
+        self.loop.remove(src.fd)
+        if self._retry_timer is None:
+            self._retry_timer = self.loop.call_later(PTY_RETRY, lambda: self._pty_retry(src))
+
+    def _pty_retry(self, src: OutputSource) -> None:
+        self._retry_timer = None
+        if src.eof:
+            return
+        mask = EPOLLIN | (EPOLLOUT if self.stdin_queue else 0)
+        self.loop.add(src.fd, mask, lambda ev, s=src: self._on_readable(s, ev))
+
+    def _source_eof(self, src: OutputSource) -> None:
+        src.eof = True
+        self.loop.remove(src.fd)
+
+    def drain(self) -> None:
+        """After the container exited: read everything left, without blocking."""
+        for src in self.sources:
+            if src.eof:
+                continue
+            if src.is_pty:
+                # A pty may still hold output after a hangup; EIO ends it.
+                while True:
+                    try:
+                        data = os.read(src.fd, READ_CHUNK)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    self.on_output(src.stream, data)
+                continue
+            self.read_source(src, once=False)
+
+    # -- input ---------------------------------------------------------------
+    def write_stdin(self, data: bytes) -> None:
+        if self.stdin_fd < 0:
+            return
+        if not self.stdin_queue:
+            try:
+                n = os.write(self.stdin_fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError as err:
+                self.diag.warn(f"Failed to write to container stdin: {err.strerror}")
+                self.close_stdin()
+                return
+            data = data[n:]
+            if not data:
+                return
+            if self.stdin_fd == self.pty_master:
+                self.loop.modify(self.stdin_fd, EPOLLIN | EPOLLOUT)
+            else:
+                self.loop.add(self.stdin_fd, EPOLLOUT, self._on_stdin_writable)
+        self.stdin_queue.append(data)
+        self.stdin_queued += len(data)
+        if self.stdin_queued > STDIN_QUEUE_MAX and self.on_stdin_backlog:
+            self.on_stdin_backlog(True)
+
+    def _on_stdin_writable(self, events: int) -> None:
+        queue = self.stdin_queue
+        while queue:
+            try:
+                n = os.write(self.stdin_fd, queue[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                queue.clear()
+                self.stdin_queued = 0
+                break
+            self.stdin_queued -= n
+            if n < len(queue[0]):
+                queue[0] = queue[0][n:]
+                return
+            queue.popleft()
+        self._stdin_idle()
+
+    def _stdin_idle(self) -> None:
+        if self.stdin_fd != self.pty_master:
+            self.loop.remove(self.stdin_fd)
+        else:
+            self.loop.modify(self.stdin_fd, EPOLLIN)
+        if self.on_stdin_backlog:
+            self.on_stdin_backlog(False)
+        if self.stdin_close_pending:
+            self.close_stdin()
+
+    def close_stdin(self) -> None:
+        """Close the container's stdin pipe (never the pty) once queued input is written."""
+        if self.stdin_fd < 0 or self.stdin_fd == self.pty_master:
+            return
+        if self.stdin_queue:
+            self.stdin_close_pending = True
+            return
+        self.loop.remove(self.stdin_fd)
+        os.close(self.stdin_fd)
+        self.stdin_fd = -1
+
+    def close(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        self.close_child_ends()
+        if self.stdin_fd >= 0 and self.stdin_fd != self.pty_master:
+            self.loop.remove(self.stdin_fd)
+            os.close(self.stdin_fd)
+        self.stdin_fd = -1
+        for src in self.sources:
+            self.loop.remove(src.fd)
+            try:
+                os.close(src.fd)
+            except OSError:
+                pass
+        self.sources = []
+        if self.console is not None:
+            self.loop.remove(self.console.sock.fileno())
+            self.console.close()
+
+
+class ConsoleSocket:
+    """The unix socket the runtime connects to with ``--console-socket``."""
+
+    def __init__(self, tmpdir: str) -> None:
+        import random
+        for _ in range(100):
+            suffix = "".join(random.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", k=6))
+            path = os.path.join(tmpdir, f"conmon-term.{suffix}")
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+            try:
+                sock.bind(path)
+            except FileExistsError:
+                sock.close()
+                continue
+            except OSError as err:
+                sock.close()
+                if err.errno == 98:  # EADDRINUSE
+                    continue
+                raise
+            break
+        else:
+            raise OSError("could not create a console socket")
+        sock.listen(1)
+        sock.setblocking(False)
+        self.sock = sock
+        self.path = path
+        self.conn: _socket.socket | None = None
+
+    def try_receive(self, diag: Diagnostics) -> int | None:
+        """Accept the runtime and receive the pty master; None while not there yet."""
+        import array
+        if self.conn is None:
+            try:
+                fd, _ = self.sock._accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            self.conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+            self.conn.settimeout(5.0)
+        fds = array.array("i")
+        try:
+            _msg, ancdata, _flags, _addr = self.conn.recvmsg(4096, _socket.CMSG_SPACE(4 * fds.itemsize))
+        except OSError as err:
+            diag.warn(f"Failed to receive the terminal from the runtime: {err}")
+            return None
+        master = None
+        for level, kind, data in ancdata:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
+        for fd in fds:
+            if master is None:
+                master = fd
+            else:
+                os.close(fd)
+        if master is not None:
+            os.set_inheritable(master, False)
+        return master
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+__all__ = ["ConsoleSocket", "ContainerStdio", "EPOLLERR", "EPOLLHUP", "STDERR", "STDOUT"]
