@@ -1,0 +1,166 @@
+"""Command-line parsing (GOption rules) and validation (CONTRACT 1 and 8)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyconmon.options import ConfigError, UsageError, parse_args, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAUNCHER = os.path.join(ROOT, "bin", "pyconmon")
+CID = "0123456789abcdef0123"
+
+
+def test_long_forms_and_arrays():
+    o = parse_args(["--cid=abc", "--runtime-arg", "--root=/run/crun", "--runtime-arg=--x",
+                    "--exit-command-arg", "a", "--exit-command-arg", "b", "--timeout=5", "--api-version", "1"])
+    assert o.cid == "abc"
+    assert o.runtime_args == ["--root=/run/crun", "--x"]
+    assert o.exit_command_args == ["a", "b"]
+    assert o.timeout == 5
+    assert o.api_version is True
+
+
+def test_short_forms():
+    o = parse_args(["-cabc", "-u", "x", "-l", "k8s-file:/a", "-lnone:", "-ti", "-T3"])
+    assert (o.cid, o.cuuid, o.log_paths, o.terminal, o.stdin, o.timeout) == ("abc", "x", ["k8s-file:/a", "none:"],
+                                                                              True, True, 3)
+
+
+def test_value_may_start_with_dashes():
+    # CRI-O passes `--runtime-arg --root=/run/crun` and `-r --weird` would be a value too
+    o = parse_args(["-c", "--x", "--bundle", "-b"])
+    assert o.cid == "--x"
+    assert o.bundle == "-b"
+
+
+def test_aliases():
+    o = parse_args(["--restore-arg", "x", "--runtime-opt", "y", "--pidfile", "p"])
+    assert o.runtime_opts == ["x", "y"]
+    assert o.container_pidfile == "p"
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["--x"], "Unknown option --x"),
+    (["-X"], "Unknown option -X"),
+    (["--cid"], "Missing argument for --cid"),
+    (["--exit-delay", "abc"], "Cannot parse integer value \u201cabc\u201d for --exit-delay"),
+    (["--api-version=1"], "Error parsing option --api-version"),
+])
+def test_usage_errors(argv, text):
+    with pytest.raises(UsageError) as err:
+        parse_args(argv)
+    assert str(err.value) == text
+
+
+def base(*extra):
+    return ["-c", CID, "-u", CID, "-r", "/bin/true", "-l", "k8s-file:/tmp/x.log", *extra]
+
+
+@pytest.mark.parametrize("argv,text", [
+    ([], "Container ID not provided. Use --cid"),
+    (["-c", CID], "Container UUID not provided. Use --cuuid"),
+    (["-c", CID, "-u", CID], "Runtime path not provided. Use --runtime"),
+    (["-c", CID, "-u", CID, "-r", "/nonexistent"], "Runtime path /nonexistent is not valid"),
+    (["-c", CID, "-u", CID, "-r", "/etc/passwd"], "Runtime path /etc/passwd is not valid"),
+    (["-c", CID, "-u", CID, "-r", "/bin/true"], "Log driver not provided. Use --log-path"),
+    (base("-e"), "Exec process spec path not provided. Use --exec-process-spec"),
+    (base("-e", "--restore", "x"), "Cannot use 'exec' and 'restore' at the same time"),
+    (base("--exec-attach"), "Attach can only be specified with exec"),
+    (base("-e", "--exec-attach", "--exec-process-spec", "x"),
+     "Attach can only be specified for a non-legacy exec session"),
+    (base("--exit-delay", "-1"), "Delay before invoking exit command must be greater than or equal to 0"),
+    (base("-l", ""), "log-path must not be empty"),
+    (base("-l", "k8s-file:"), "k8s-file requires a filename"),
+    (base("-l", "foo:bar"), "No such log driver foo"),
+    (base("--log-tag", "t"), "k8s-file doesn't support --log-tag"),
+    (base("--log-label", "A=b"), "k8s-file doesn't support --log-label"),
+    (base("-l", "journald:", "--log-label", "Ab=c"),
+     "Container label names must contain only uppercase letters, numbers and underscore (in 'Ab')"),
+    (base("-l", "journald:", "--log-label", "AB"), "Container labels must be in format LABEL=VALUE (no '=' in 'AB')"),
+    (["-c", "short", "-u", "x", "-r", "/bin/true", "-l", "journald:"], "Container ID must be longer than 12 characters"),
+    (base("--log-level", "loud"), "No such log level loud"),
+    (base("--log-max-files", "-2"), "conmon: log-max-files must be non-negative, got -2"),
+    (base("--log-rotate", "--log-max-files", "0"), "conmon: log-max-files must be at least 1 when log-rotate is enabled, got 0"),
+    (["-c", "../etc", "-u", "x", "-r", "/bin/true", "-l", "none:"], "Invalid --cid '../etc': must not contain '/' or be '.' or '..'"),
+    (["-c", CID, "-u", "a/b", "-r", "/bin/true", "-l", "none:"], "Invalid --cuuid 'a/b': must not contain '/' or be '.' or '..'"),
+])
+def test_validation_errors(argv, text):
+    with pytest.raises(ConfigError) as err:
+        validate(parse_args(argv), cwd="/tmp")
+    assert err.value.text == text
+
+
+def test_defaults():
+    o = parse_args(base())
+    validate(o, cwd="/some/dir")
+    assert o.bundle == "/some/dir"
+    assert o.container_pidfile == f"/some/dir/pidfile-{CID}"
+    assert o.socket_dir_path == "/var/run/crio"
+    assert [(d.kind, d.path) for d in o.log_drivers] == [("k8s-file", "/tmp/x.log")]
+
+
+def test_legacy_exec_needs_no_cuuid():
+    o = parse_args(["-c", CID, "-r", "/bin/true", "-e", "--exec-process-spec", "p", "-l", "/tmp/x"])
+    validate(o, cwd="/tmp")
+    assert o.legacy_exec and o.bundle is None
+
+
+def run_launcher(*args):
+    return subprocess.run([LAUNCHER, *args], capture_output=True, timeout=30, env={})
+
+
+def test_cli_errors_and_version():
+    out = run_launcher("--version")
+    assert out.returncode == 0
+    assert out.stdout.startswith(b"conmon version 2.2.1\ncommit: ")
+    assert out.stderr == b""
+    bad = run_launcher("--bogus")
+    assert (bad.returncode, bad.stderr) == (1, b"conmon: option parsing failed: Unknown option --bogus\n")
+    nocid = run_launcher()
+    assert (nocid.returncode, nocid.stderr) == (1, b"conmon: Container ID not provided. Use --cid\n")
+    nort = run_launcher("-c", CID, "-u", CID)
+    assert (nort.returncode, nort.stderr) == (1, b"[conmon:e]: Runtime path not provided. Use --runtime\n")
+
+
+def test_help_lists_everything():
+    out = run_launcher("--help")
+    assert out.returncode == 0
+    text = out.stdout.decode()
+    for word in ("--api-version", "--log-path", "--exit-command-arg", "--log-rotate", "k8s-file", "journald",
+                 "passthrough", "none"):
+        assert word in text
+
+
+words = st.one_of(
+    st.sampled_from(["--cid", "-c", "--api-version", "1", "--log-path", "-l", "--timeout", "-T", "--exit-delay",
+                     "--", "-", "-ti", "-cX", "--log-level", "debug", "--runtime=/bin/true", "-e", "--exec-attach",
+                     "--log-max-files", "-1", "--log-rotate", "journald:", "k8s-file:", "--log-label", "A=B"]),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(words, max_size=12))
+def test_any_argv_parses_or_fails_cleanly(argv):
+    try:
+        opts = parse_args(argv)
+        validate(opts, cwd="/tmp")
+    except (UsageError, ConfigError) as err:
+        assert str(err)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(words, max_size=8))
+def test_any_argv_never_tracebacks_in_the_real_program(argv):
+    argv = [a for a in argv if "\0" not in a]
+    # --sync keeps the process in the foreground; a bogus runtime keeps anything from starting.
+    out = subprocess.run([sys.executable, "-c", "import sys; from pyconmon.cli import main; "
+                          "sys.exit(main(sys.argv[1:]))", *argv, "-r", "/nonexistent"],
+                         capture_output=True, timeout=30, env={"PYTHONPATH": os.path.join(ROOT, "src")})
+    assert b"Traceback" not in out.stderr
+    assert out.returncode in (0, 1)
