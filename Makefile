@@ -1,0 +1,122 @@
+# pyconmon: build and install the `conmon` launcher and the Python package.
+#
+#   make                      build build/conmon (libpython embedded)
+#   make install              $(PREFIX)/bin/conmon + $(PREFIX)/lib/pyconmon/pyconmon/*.py[c]
+#   make podman               ... binary as $(PREFIX)/libexec/podman/conmon instead
+#   make crio                 ... binary as $(PREFIX)/libexec/crio/conmon instead
+#   make test | bench | lint | clean | uninstall
+#
+# DESTDIR is honoured by every install target; the path compiled into the
+# binary is $(PREFIX)/lib/pyconmon, never the DESTDIR one.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec
+# Directory on the monitor's sys.path; it holds the `pyconmon` package.
+PYCONMON_LIBDIR ?= $(PREFIX)/lib/pyconmon
+
+# The interpreter the launcher embeds and the .pyc files are compiled for.
+# Debian's, not a pyenv shim: the binary links against its libpython.
+PYTHON ?= /usr/bin/python3
+PYTHON_CONFIG ?= $(PYTHON)-config
+# Python for the developer targets (test, lint): the one on PATH.
+DEV_PYTHON ?= python3
+
+CC ?= cc
+CFLAGS ?= -O2 -g -Wall -Wextra
+LDFLAGS ?=
+INSTALL ?= install
+
+BUILDDIR := build
+SRCDIR := src/pyconmon
+
+# Facts about $(PYTHON), asked once per make run.
+PY_FACTS := $(shell $(PYTHON) -I -S -c 'import sys, sysconfig as s; v = s.get_config_var; print(sys.prefix, sys.executable, s.get_path("stdlib"), v("DESTSHARED"), "%s/lib/python%d%d.zip" % (sys.prefix, *sys.version_info[:2]))' 2>/dev/null)
+ifeq ($(words $(PY_FACTS)),5)
+PY_HOME := $(word 1,$(PY_FACTS))
+PY_EXE := $(word 2,$(PY_FACTS))
+PY_STDLIB := $(word 3,$(PY_FACTS))
+PY_DYNLOAD := $(word 4,$(PY_FACTS))
+PY_ZIP := $(word 5,$(PY_FACTS))
+endif
+
+PY_CFLAGS := $(shell $(PYTHON_CONFIG) --includes 2>/dev/null)
+PY_LDFLAGS := $(shell $(PYTHON_CONFIG) --embed --ldflags 2>/dev/null)
+
+LAUNCHER_DEFS := \
+	-DPYCONMON_LIBDIR='"$(PYCONMON_LIBDIR)"' \
+	-DPYCONMON_PYHOME='"$(PY_HOME)"' \
+	-DPYCONMON_PYEXE='"$(PY_EXE)"' \
+	-DPYCONMON_STDLIB='"$(PY_STDLIB)"' \
+	-DPYCONMON_DYNLOAD='"$(PY_DYNLOAD)"' \
+	-DPYCONMON_ZIP='"$(PY_ZIP)"'
+
+LAUNCHER_CMD := $(CC) $(CPPFLAGS) $(CFLAGS) $(PY_CFLAGS) $(LAUNCHER_DEFS) -o $(BUILDDIR)/conmon launcher/conmon.c $(LDFLAGS) $(PY_LDFLAGS)
+
+PY_SOURCES := $(shell find $(SRCDIR) -name '*.py' -not -path '*/__pycache__/*' 2>/dev/null | LC_ALL=C sort)
+
+.PHONY: all install install-lib install-bin podman crio uninstall test bench lint clean check-python FORCE
+
+all: $(BUILDDIR)/conmon
+
+check-python:
+	@test -n "$(PY_HOME)" || { echo "error: cannot run $(PYTHON); install python3 (set PYTHON=...)" >&2; exit 1; }
+	@test -n "$(PY_CFLAGS)" || { echo "error: $(PYTHON_CONFIG) not found; install python3-dev libpython3.11-dev" >&2; exit 1; }
+
+# Rebuild whenever the compile command changes (e.g. another PREFIX):
+# build/cmdline holds the last one and is rewritten only when it differs.
+streq = $(and $(findstring x$(1),x$(2)),$(findstring x$(2),x$(1)))
+
+$(BUILDDIR):
+	@mkdir -p $@
+
+$(BUILDDIR)/cmdline: FORCE | $(BUILDDIR) check-python
+	@$(if $(call streq,$(LAUNCHER_CMD),$(file <$@)),:,$(file >$@,$(LAUNCHER_CMD)):)
+
+$(BUILDDIR)/conmon: launcher/conmon.c $(BUILDDIR)/cmdline
+	$(LAUNCHER_CMD)
+
+install-lib:
+	@test -n "$(PY_HOME)" || { echo "error: cannot run $(PYTHON)" >&2; exit 1; }
+	rm -rf '$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'
+	$(INSTALL) -d -m 755 '$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'
+	cd $(SRCDIR) && for f in $(patsubst $(SRCDIR)/%,%,$(PY_SOURCES)); do \
+		$(INSTALL) -D -m 644 "$$f" '$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon/'"$$f" || exit 1; \
+	done
+	$(PYTHON) -I -m compileall -q -j 0 -d '$(PYCONMON_LIBDIR)/pyconmon' \
+		'$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'
+
+# $(1): directory for the binary
+define install_bin
+	$(INSTALL) -d -m 755 '$(DESTDIR)$(1)'
+	$(INSTALL) -m 755 $(BUILDDIR)/conmon '$(DESTDIR)$(1)/conmon'
+endef
+
+install: $(BUILDDIR)/conmon install-lib
+	$(call install_bin,$(BINDIR))
+
+podman: $(BUILDDIR)/conmon install-lib
+	$(call install_bin,$(LIBEXECDIR)/podman)
+
+crio: $(BUILDDIR)/conmon install-lib
+	$(call install_bin,$(LIBEXECDIR)/crio)
+
+uninstall:
+	rm -f '$(DESTDIR)$(BINDIR)/conmon' '$(DESTDIR)$(LIBEXECDIR)/podman/conmon' '$(DESTDIR)$(LIBEXECDIR)/crio/conmon'
+	rm -rf '$(DESTDIR)$(PYCONMON_LIBDIR)'
+
+test:
+	$(DEV_PYTHON) -m pytest -q tests
+
+bench:
+	$(PYTHON) bench/bench.py
+
+lint:
+	$(DEV_PYTHON) -m ruff check src tests
+	$(DEV_PYTHON) -m mypy
+
+clean:
+	rm -rf $(BUILDDIR)
+
+FORCE:
