@@ -37,13 +37,12 @@ lines dropped; each later ``write`` tries to reconnect.  Nothing raises out of
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import select
 import sys
 import time
-
-import _socket
 
 from .diag import Diagnostics
 
@@ -63,6 +62,10 @@ _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 KEY_SOCKET = "journald-socket"
 KEY_FULL = "journald-full"
 KEY_SEND = "journald-send"
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def valid_field_name(name: bytes) -> bool:
@@ -94,21 +97,24 @@ def split_prefix(line: bytes, default: int) -> tuple[bytes, int]:
 class JournaldWriter:
     """Log driver: one journal entry per line of container output."""
 
+    # CONTRACT 5 asks for ``<N>`` priority prefixes; C conmon 2.1.6 leaves
+    # such lines alone (PRIORITY from the stream, prefix kept).  One switch.
+    priority_prefix = True
+
     def __init__(self, cid: str, name: str | None, tag: str | None, labels: list[str],
                  partial_messages: bool = True, socket_path: str = JOURNAL_SOCKET,
                  diag: Diagnostics | None = None) -> None:
         self.socket_path = socket_path
         self.diag = diag
         self.partial_messages = partial_messages
-        fields = [encode_field(b"CONTAINER_ID_FULL", cid.encode()),
-                  encode_field(b"CONTAINER_ID", cid[:12].encode())]
+        fields = [encode_field(b"CONTAINER_ID_FULL", _b(cid)), encode_field(b"CONTAINER_ID", _b(cid[:12]))]
         if name:
-            fields.append(encode_field(b"CONTAINER_NAME", name.encode()))
+            fields.append(encode_field(b"CONTAINER_NAME", _b(name)))
         if tag:
-            fields.append(encode_field(b"CONTAINER_TAG", tag.encode()))
-        fields.append(encode_field(b"SYSLOG_IDENTIFIER", (tag or name or cid[:12]).encode()))
+            fields.append(encode_field(b"CONTAINER_TAG", _b(tag)))
+        fields.append(encode_field(b"SYSLOG_IDENTIFIER", _b(tag or name or cid[:12])))
         for label in labels:
-            key, eq, value = label.encode("utf-8", "surrogateescape").partition(b"=")
+            key, eq, value = _b(label).partition(b"=")
             if eq and valid_field_name(key):
                 fields.append(encode_field(key, value))
             elif diag is not None:
@@ -121,6 +127,7 @@ class JournaldWriter:
         self._cont = [False, False]
         self._prio = [6, 3]
         self._sock: _socket.socket | None = None
+        self._poll: select.poll | None = None
         self._congested_until = 0.0
         self._troubled: set[str] = set()
 
@@ -151,7 +158,7 @@ class JournaldWriter:
             if self._cont[err] or len(line) >= LINE_BUF:
                 self._long_line(err, line, out)
                 continue
-            if line[:1] == b"<":
+            if line[:1] == b"<" and self.priority_prefix:
                 message, prio = split_prefix(line, default)
                 message += b"\n"
             else:
@@ -168,9 +175,11 @@ class JournaldWriter:
         """Queue one piece of the current line of stream ``err``."""
         if self._cont[err]:
             prio = self._prio[err]
-        else:
+        elif self.priority_prefix:
             piece, prio = split_prefix(piece, 3 if err else 6)
-            self._prio[err] = prio
+        else:
+            prio = 3 if err else 6
+        self._prio[err] = prio
         self._cont[err] = partial
         out.append(encode_message(piece, prio, partial and self.partial_messages, self._fields))
 
@@ -227,6 +236,7 @@ class JournaldWriter:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+            self._poll = None
 
     def _connect(self) -> _socket.socket | None:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK)
@@ -238,6 +248,8 @@ class JournaldWriter:
                                    "dropping log lines")
             return None
         self._sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLOUT)
         return sock
 
     def _send(self, payloads: list[bytes]) -> None:
@@ -259,7 +271,7 @@ class JournaldWriter:
                 except OSError as e:
                     code = e.errno
                     if code == errno.EAGAIN:
-                        if time.monotonic() >= self._congested_until and self._wait(sock):
+                        if time.monotonic() >= self._congested_until and self._wait():
                             continue
                         self._congested_until = time.monotonic() + CONGESTED_S
                         self._warn(KEY_FULL, "journald: not accepting entries; dropping log lines")
@@ -270,6 +282,8 @@ class JournaldWriter:
                     if code in _GONE:
                         self._drop_socket()
                         if reconnected:
+                            self._warn(KEY_SOCKET, f"journald: {self.socket_path} refuses entries: {e.strerror}; "
+                                                   "dropping log lines")
                             return
                         reconnected = True
                         new = self._connect()
@@ -284,11 +298,9 @@ class JournaldWriter:
                         self._recovered()
                     break
 
-    @staticmethod
-    def _wait(sock: _socket.socket) -> bool:
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLOUT)
-        return bool(poller.poll(WAIT_MS))
+    def _wait(self) -> bool:
+        """Wait up to WAIT_MS for room in journald's queue."""
+        return self._poll is not None and bool(self._poll.poll(WAIT_MS))
 
     @staticmethod
     def _send_memfd(sock: _socket.socket, payload: bytes) -> None:

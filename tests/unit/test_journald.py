@@ -1,0 +1,507 @@
+"""The journald driver without journald: encoding, line logic, socket trouble.
+
+The payload decoder here is written from the protocol description (CONTRACT
+section 5), not from the encoder, so round trips check the encoder against it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
+
+from pyconmon import journald
+from pyconmon.diag import Diagnostics
+from pyconmon.journald import (
+    LINE_BUF,
+    JournaldWriter,
+    encode_field,
+    encode_message,
+    split_prefix,
+    valid_field_name,
+)
+
+CID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+
+# -- a decoder for the native protocol ------------------------------------
+
+def decode(payload: bytes) -> list[tuple[bytes, bytes]]:
+    """Fields in order, as journald parses a native datagram."""
+    fields = []
+    pos = 0
+    while pos < len(payload):
+        nl = payload.index(b"\n", pos)
+        line = payload[pos:nl]
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            pos = nl + 1
+        else:
+            name = line
+            size = int.from_bytes(payload[nl + 1:nl + 9], "little")
+            start = nl + 9
+            value = payload[start:start + size]
+            assert len(value) == size, "truncated binary field"
+            assert payload[start + size:start + size + 1] == b"\n", "binary field not closed by a newline"
+            pos = start + size + 1
+        assert valid_field_name(name), name
+        fields.append((name, value))
+    return fields
+
+
+def as_dict(payload: bytes) -> dict[bytes, bytes]:
+    fields = decode(payload)
+    d = dict(fields)
+    assert len(d) == len(fields), "a field appears twice"
+    return d
+
+
+# -- pure encoder ---------------------------------------------------------
+
+def test_plain_field() -> None:
+    assert encode_field(b"CONTAINER_NAME", b"web") == b"CONTAINER_NAME=web\n"
+
+
+def test_binary_safe_field_when_value_has_newline() -> None:
+    assert encode_field(b"A", b"x\ny") == b"A\n" + (3).to_bytes(8, "little") + b"x\ny\n"
+
+
+def test_message_is_always_binary_safe() -> None:
+    p = encode_message(b"hi", 6, False, b"X=1\n")
+    assert p == b"MESSAGE\n" + (2).to_bytes(8, "little") + b"hi\nPRIORITY=6\nX=1\n"
+    assert decode(p) == [(b"MESSAGE", b"hi"), (b"PRIORITY", b"6"), (b"X", b"1")]
+    p = encode_message(b"", 3, True, b"")
+    assert decode(p) == [(b"MESSAGE", b""), (b"PRIORITY", b"3"), (b"CONTAINER_PARTIAL_MESSAGE", b"true")]
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"<0>emerg", (b"emerg", 0)), (b"<7>", (b"", 7)), (b"<3>x\n", (b"x\n", 3)),
+    (b"<8>x", (b"<8>x", 6)), (b"<3", (b"<3", 6)), (b"<a>x", (b"<a>x", 6)),
+    (b" <3>x", (b" <3>x", 6)), (b"<<3>", (b"<<3>", 6)), (b"", (b"", 6)),
+])
+def test_split_prefix(line: bytes, expected: tuple[bytes, int]) -> None:
+    assert split_prefix(line, 6) == expected
+
+
+@pytest.mark.parametrize("name, ok", [
+    (b"MESSAGE", True), (b"A_1", True), (b"X" * 64, True), (b"X" * 65, False), (b"", False),
+    (b"_PID", False), (b"1ABC", False), (b"lower", False), (b"A-B", False), (b"A B", False),
+])
+def test_valid_field_name(name: bytes, ok: bool) -> None:
+    assert valid_field_name(name) is ok
+
+
+names = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_", min_size=1, max_size=64).filter(
+    lambda s: s[0] not in "_0123456789").map(str.encode)
+
+
+@given(st.lists(st.tuples(names, st.binary(max_size=300))))
+def test_fields_round_trip(fields: list[tuple[bytes, bytes]]) -> None:
+    assert decode(b"".join(encode_field(n, v) for n, v in fields)) == fields
+
+
+@given(st.binary(max_size=2000), st.integers(0, 7), st.booleans())
+def test_message_round_trip(message: bytes, prio: int, partial: bool) -> None:
+    rest = encode_field(b"CONTAINER_ID_FULL", b"abc\0\n")
+    d = as_dict(encode_message(message, prio, partial, rest))
+    assert d[b"MESSAGE"] == message
+    assert d[b"PRIORITY"] == str(prio).encode()
+    assert (b"CONTAINER_PARTIAL_MESSAGE" in d) is partial
+    assert d[b"CONTAINER_ID_FULL"] == b"abc\0\n"
+
+
+# -- line logic (payloads captured, no socket) ----------------------------
+
+class Captured(JournaldWriter):
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.sent: list[bytes] = []
+
+    def _send(self, payloads: list[bytes]) -> None:
+        self.sent.extend(payloads)
+
+    def entries(self) -> list[tuple[bytes, int, bool]]:
+        out = []
+        for p in self.sent:
+            d = as_dict(p)
+            out.append((d[b"MESSAGE"], int(d[b"PRIORITY"]), b"CONTAINER_PARTIAL_MESSAGE" in d))
+        self.sent.clear()
+        return out
+
+
+def writer(**kw: object) -> Captured:
+    args: dict[str, object] = {"cid": CID, "name": None, "tag": None, "labels": []}
+    args.update(kw)
+    return Captured(**args)
+
+
+def test_constant_fields() -> None:
+    w = writer(name="web", tag="mytag", labels=["STAGE=prod", "MULTI=a\nb"])
+    w.write(2, b"hi\n")
+    (payload,) = w.sent
+    assert decode(payload) == [
+        (b"MESSAGE", b"hi\n"), (b"PRIORITY", b"6"),
+        (b"CONTAINER_ID_FULL", CID.encode()), (b"CONTAINER_ID", CID[:12].encode()),
+        (b"CONTAINER_NAME", b"web"), (b"CONTAINER_TAG", b"mytag"), (b"SYSLOG_IDENTIFIER", b"mytag"),
+        (b"STAGE", b"prod"), (b"MULTI", b"a\nb"),
+    ]
+
+
+@pytest.mark.parametrize("name, tag, ident", [
+    ("web", None, b"web"), (None, None, CID[:12].encode()), (None, "t", b"t"), ("", "", CID[:12].encode()),
+])
+def test_syslog_identifier(name: str | None, tag: str | None, ident: bytes) -> None:
+    w = writer(name=name, tag=tag)
+    w.write(3, b"x\n")
+    d = as_dict(w.sent[0])
+    assert d[b"SYSLOG_IDENTIFIER"] == ident
+    assert (b"CONTAINER_NAME" in d) is bool(name)
+    assert (b"CONTAINER_TAG" in d) is bool(tag)
+
+
+class RecordingDiag(Diagnostics):
+    def __init__(self) -> None:
+        super().__init__()
+        self.use_stderr = False
+        self.messages: list[str] = []
+        self.forgotten: list[str] = []
+
+    def log(self, level: int, text: str) -> None:
+        self.messages.append(text)
+
+    def forget(self, key: str) -> None:
+        self.forgotten.append(key)
+        super().forget(key)
+
+
+def test_bad_labels_are_skipped_with_a_warning() -> None:
+    diag = RecordingDiag()
+    w = writer(labels=["lower=x", "NOEQUALS", "_PID=1", "GOOD=1", "=v"], diag=diag)
+    w.write(2, b"x\n")
+    d = as_dict(w.sent[0])
+    assert d[b"GOOD"] == b"1"
+    assert not {b"lower", b"NOEQUALS", b"_PID", b""} & set(d)
+    assert len(diag.messages) == 4
+
+
+def test_lines_and_streams() -> None:
+    w = writer()
+    w.write(2, b"a\n\nb\n")
+    w.write(3, b"err\n")
+    assert w.entries() == [(b"a\n", 6, False), (b"\n", 6, False), (b"b\n", 6, False), (b"err\n", 3, False)]
+
+
+def test_priority_prefix() -> None:
+    w = writer()
+    w.write(2, b"<0>zero\n<7>seven\n<8>eight\n<3\nx<3>y\n")
+    w.write(3, b"<5>five\n<3>\n")
+    assert w.entries() == [(b"zero\n", 0, False), (b"seven\n", 7, False), (b"<8>eight\n", 6, False),
+                           (b"<3\n", 6, False), (b"x<3>y\n", 6, False), (b"five\n", 5, False), (b"\n", 3, False)]
+
+
+def test_line_across_writes_is_one_entry() -> None:
+    w = writer()
+    w.write(2, b"hel")
+    w.write(3, b"other stream\n")
+    w.write(2, b"lo")
+    assert w.entries() == [(b"other stream\n", 3, False)]
+    w.write(2, b" world\nnext")
+    assert w.entries() == [(b"hello world\n", 6, False)]
+    w.flush()
+    assert w.entries() == [(b"next", 6, True)]
+    w.flush()
+    assert w.entries() == []
+
+
+def test_prefix_split_across_writes() -> None:
+    w = writer()
+    w.write(2, b"<")
+    w.write(2, b"4")
+    w.write(2, b">warn\n")
+    assert w.entries() == [(b"warn\n", 4, False)]
+
+
+def test_long_line_pieces_keep_the_priority() -> None:
+    w = writer()
+    line = b"<2>" + b"x" * (LINE_BUF * 2)
+    w.write(3, line + b"\n")
+    got = w.entries()
+    assert [len(m) for m, _, _ in got] == [LINE_BUF - 3, LINE_BUF, 4]
+    assert [(p, f) for _, p, f in got] == [(2, True), (2, True), (2, False)]
+    assert b"".join(m for m, _, _ in got) == line[3:] + b"\n"
+
+
+def test_exact_buffer_sizes() -> None:
+    w = writer()
+    w.write(2, b"y" * (LINE_BUF - 1) + b"\n")  # fits exactly with its newline
+    assert w.entries() == [(b"y" * (LINE_BUF - 1) + b"\n", 6, False)]
+    w.write(2, b"z" * LINE_BUF)  # a full buffer goes out at once
+    assert w.entries() == [(b"z" * LINE_BUF, 6, True)]
+    w.write(2, b"\n")
+    assert w.entries() == [(b"\n", 6, False)]
+
+
+def test_partial_flag_off() -> None:
+    w = writer(partial_messages=False)
+    w.write(2, b"q" * 20000 + b"\ntail")
+    w.flush()
+    got = w.entries()
+    assert [(len(m), f) for m, _, f in got] == [(8192, False), (8192, False), (3617, False), (4, False)]
+
+
+def test_binary_content() -> None:
+    w = writer()
+    data = b"\0\xff\xfe\r\n\x1b[31mred\x00\n"
+    w.write(2, data)
+    assert w.entries() == [(b"\0\xff\xfe\r\n", 6, False), (b"\x1b[31mred\x00\n", 6, False)]
+
+
+def test_many_lines_are_linear() -> None:
+    w = writer()
+    data = b"".join(b"line %d\n" % i for i in range(200_000))
+    start = time.perf_counter()
+    w.write(2, data)
+    elapsed = time.perf_counter() - start
+    assert len(w.sent) == 200_000
+    assert elapsed < 5  # ~0.2 s here; quadratic behaviour would take minutes
+
+
+def test_many_small_writes_of_one_long_line() -> None:
+    w = writer()
+    for _ in range(30_000):
+        w.write(2, b"ab")
+    w.write(2, b"\n")
+    got = w.entries()
+    assert [len(m) for m, _, _ in got] == [8192] * 7 + [60_001 - 7 * 8192]
+    assert [f for _, _, f in got] == [True] * 7 + [False]
+
+
+def model(data: bytes, partial_messages: bool) -> list[tuple[bytes, int, bool]]:
+    """Expected entries for stdout data followed by a flush, straight from the contract."""
+    out = []
+    *lines, rest = data.split(b"\n")
+    for line in lines:
+        raw = line + b"\n"
+        pieces = [raw[i:i + LINE_BUF] for i in range(0, len(raw), LINE_BUF)]
+        first, prio = split_prefix(pieces[0], 6)
+        pieces[0] = first
+        for i, piece in enumerate(pieces):
+            out.append((piece, prio, partial_messages and i < len(pieces) - 1))
+    if rest:
+        pieces = [rest[i:i + LINE_BUF] for i in range(0, len(rest), LINE_BUF)]
+        first, prio = split_prefix(pieces[0], 6)
+        pieces[0] = first
+        out.extend((piece, prio, partial_messages) for piece in pieces)
+    return out
+
+
+segments = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from([b"\n", b"<3>", b"<9>", b"<", b"\0", b"\r\n", b"\xff"]),
+    st.integers(LINE_BUF - 10, 3 * LINE_BUF + 10).map(lambda n: b"x" * n),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(segments, max_size=12), st.lists(st.integers(0, 40_000), max_size=8), st.booleans())
+def test_entries_do_not_depend_on_chunking(segs: list[bytes], cuts: list[int], partial: bool) -> None:
+    data = b"".join(segs)
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    w = writer(partial_messages=partial)
+    for a, b in itertools.pairwise(points):
+        w.write(2, data[a:b])
+    w.flush()
+    got = w.entries()
+    assert got == model(data, partial)
+    for message, _, _ in got:
+        assert len(message) <= LINE_BUF
+        assert b"\n" not in message[:-1]
+
+
+# -- the socket -----------------------------------------------------------
+
+class Receiver:
+    """A stand-in journald socket: a thread collects datagrams and memfds."""
+
+    def __init__(self, path: str, drain: bool = True) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.payloads: list[bytes] = []
+        self.memfd_seals: list[int] = []
+        self.cond = threading.Condition()
+        self.stopped = False
+        self.thread: threading.Thread | None = None
+        if drain:
+            self.start()
+
+    def start(self) -> None:
+        self.sock.settimeout(0.05)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            for level, kind, blob in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fd = int.from_bytes(blob[:4], sys.byteorder)
+                    self.memfd_seals.append(fcntl.fcntl(fd, fcntl.F_GET_SEALS))
+                    size = os.fstat(fd).st_size
+                    data = os.pread(fd, size, 0)
+                    os.close(fd)
+            with self.cond:
+                self.payloads.append(data)
+                self.cond.notify_all()
+
+    def wait(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        return self.wait_for(lambda got: len(got) >= count, timeout)
+
+    def wait_for(self, done: Callable[[list[bytes]], bool], timeout: float = 5.0) -> list[bytes]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: done(self.payloads), timeout), self.payloads[-5:]
+            return list(self.payloads)
+
+    def close(self) -> None:
+        self.stopped = True
+        if self.thread is not None:
+            self.thread.join()
+        self.sock.close()
+        os.unlink(self.path)
+
+
+@pytest.fixture
+def sockpath(tmp_path: Path) -> str:
+    return str(tmp_path / "socket")
+
+
+def test_delivery_over_a_socket(sockpath: str) -> None:
+    rx = Receiver(sockpath)
+    try:
+        w = JournaldWriter(CID, "web", None, [], socket_path=sockpath)
+        w.write(2, b"".join(b"%d\n" % i for i in range(500)))  # far more than the queue holds
+        got = rx.wait(500)
+        assert [as_dict(p)[b"MESSAGE"] for p in got] == [b"%d\n" % i for i in range(500)]
+        assert rx.memfd_seals == []
+        w.close()
+    finally:
+        rx.close()
+
+
+def test_big_entry_goes_in_a_sealed_memfd(sockpath: str) -> None:
+    rx = Receiver(sockpath)
+    try:
+        big = "V" * 300_000  # the label makes every entry bigger than a datagram may be
+        w = JournaldWriter(CID, None, None, [f"BIG={big}"], socket_path=sockpath)
+        w.write(2, b"one\ntwo\n")
+        got = rx.wait(2)
+        assert [as_dict(p)[b"MESSAGE"] for p in got] == [b"one\n", b"two\n"]
+        assert as_dict(got[0])[b"BIG"] == big.encode()
+        want = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+        assert rx.memfd_seals == [want, want]
+        w.close()
+    finally:
+        rx.close()
+
+
+def test_missing_socket_warns_once_then_recovers(sockpath: str) -> None:
+    diag = RecordingDiag()
+    w = JournaldWriter(CID, None, None, [], socket_path=sockpath, diag=diag)
+    for _ in range(50):
+        w.write(2, b"lost\n")
+    w.flush()
+    assert len(diag.messages) == 1 and "cannot connect" in diag.messages[0]
+    rx = Receiver(sockpath)
+    try:
+        w.write(2, b"found\n")
+        assert as_dict(rx.wait(1)[0])[b"MESSAGE"] == b"found\n"
+        assert journald.KEY_SOCKET in diag.forgotten
+    finally:
+        rx.close()
+    w.write(2, b"lost again\n")  # gone again: warns again (it was forgotten)
+    assert len(diag.messages) == 2
+    w.close()
+
+
+def test_restarted_journald_is_reconnected(sockpath: str) -> None:
+    rx = Receiver(sockpath)
+    w = JournaldWriter(CID, None, None, [], socket_path=sockpath)
+    w.write(2, b"first\n")
+    rx.wait(1)
+    rx.close()
+    rx = Receiver(sockpath)  # a new socket at the same path
+    try:
+        w.write(2, b"second\n")
+        assert as_dict(rx.wait(1)[0])[b"MESSAGE"] == b"second\n"
+    finally:
+        rx.close()
+        w.close()
+
+
+def test_full_queue_waits_briefly_then_drops(sockpath: str) -> None:
+    rx = Receiver(sockpath, drain=False)  # nobody reads: the queue fills up
+    diag = RecordingDiag()
+    try:
+        w = JournaldWriter(CID, None, None, [], socket_path=sockpath, diag=diag)
+        start = time.monotonic()
+        for i in range(20):
+            w.write(2, b"".join(b"%d %d\n" % (i, j) for j in range(100)))
+        elapsed = time.monotonic() - start
+        assert elapsed < 1.5, elapsed  # one 50 ms wait, then drops (2000 waits would take 100 s)
+        assert len(diag.messages) == 1 and "not accepting" in diag.messages[0]
+        rx.start()  # journald catches up
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            w.write(2, b"again\n")
+            if journald.KEY_FULL in diag.forgotten:
+                break
+            with rx.cond:
+                rx.cond.wait(0.01)
+        assert journald.KEY_FULL in diag.forgotten
+        rx.wait_for(lambda got: any(as_dict(p)[b"MESSAGE"] == b"again\n" for p in got))
+        w.close()
+    finally:
+        rx.close()
+
+
+def test_reopen_is_harmless(sockpath: str) -> None:
+    rx = Receiver(sockpath)
+    try:
+        w = JournaldWriter(CID, None, None, [], socket_path=sockpath)
+        w.write(2, b"a\npart")
+        w.reopen()
+        w.write(2, b"ial\n")
+        got = rx.wait(2)
+        assert [as_dict(p)[b"MESSAGE"] for p in got] == [b"a\n", b"partial\n"]
+        w.close()
+    finally:
+        rx.close()
+
+
+def test_priority_prefix_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(JournaldWriter, "priority_prefix", False)
+    w = writer()
+    w.write(2, b"<3>kept\n")
+    w.write(3, b"<5>" + b"e" * LINE_BUF + b"\n")
+    got = w.entries()
+    assert got[0] == (b"<3>kept\n", 6, False)
+    assert [(len(m), p) for m, p, _ in got[1:]] == [(LINE_BUF, 3), (4, 3)]
