@@ -1,0 +1,314 @@
+"""Unit tests for pyconmon.notify: the line filter and the relay over real sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from pyconmon.diag import Diagnostics
+from pyconmon.notify import NotifyRelay, filter_notify
+
+# The contract's list (CONTRACT.md 4), spelled out here rather than imported.
+ALLOWED_LINES = frozenset({b"READY=1", b"RELOADING=1", b"STOPPING=1", b"WATCHDOG=1", b"WATCHDOG=trigger"})
+ALLOWED_PREFIXES = (b"STATUS=", b"ERRNO=", b"BUSERROR=", b"MONOTONIC_USEC=")
+
+
+class RecordingDiag(Diagnostics):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[tuple[int, str]] = []
+
+    def log(self, level: int, text: str) -> None:
+        self.messages.append((level, text))
+
+    def warnings(self) -> list[str]:
+        return [t for lvl, t in self.messages if lvl == 1]
+
+
+def allowed(line: bytes) -> bool:
+    return line in ALLOWED_LINES or line.startswith(ALLOWED_PREFIXES)
+
+
+# -- filter_notify ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"READY=1", b"READY=1"),
+        (b"RELOADING=1", b"RELOADING=1"),
+        (b"STOPPING=1", b"STOPPING=1"),
+        (b"WATCHDOG=1", b"WATCHDOG=1"),
+        (b"WATCHDOG=trigger", b"WATCHDOG=trigger"),
+        (b"STATUS=Serving 3 clients", b"STATUS=Serving 3 clients"),
+        (b"STATUS=", b"STATUS="),
+        (b"ERRNO=2", b"ERRNO=2"),
+        (b"BUSERROR=org.freedesktop.DBus.Error.Failed", b"BUSERROR=org.freedesktop.DBus.Error.Failed"),
+        (b"MONOTONIC_USEC=123456", b"MONOTONIC_USEC=123456"),
+        (b"READY=1\n", b"READY=1"),
+        (b"MAINPID=42", b""),
+        (b"MAINPID=42\nREADY=1\nSTATUS=hi there", b"READY=1\nSTATUS=hi there"),
+        (b"READY=1\nMAINPID=42", b"READY=1"),
+        (b"RELOADING=1\nMONOTONIC_USEC=5\nSTATUS=reloading", b"RELOADING=1\nMONOTONIC_USEC=5\nSTATUS=reloading"),
+        (b"READY=0", b""),
+        (b"READY=1 ", b""),
+        (b" READY=1", b""),
+        (b"ready=1", b""),
+        (b"READY=10", b""),
+        (b"WATCHDOG=0", b""),
+        (b"WATCHDOG_USEC=1000000", b""),
+        (b"FDSTORE=1", b""),
+        (b"FDNAME=x", b""),
+        (b"BARRIER=1", b""),
+        (b"EXTEND_TIMEOUT_USEC=5", b""),
+        (b"NOTIFYACCESS=all", b""),
+        (b"X_CUSTOM=1", b""),
+        (b"READY=1\r", b""),
+        (b"", b""),
+        (b"\n\n", b""),
+        (b"X=1\nREADY=1\n\nWATCHDOG=1\n", b"READY=1\nWATCHDOG=1"),
+        (b"READY=1\nREADY=1", b"READY=1\nREADY=1"),
+        (b"STATUS=a=b\nERRNO=\n", b"STATUS=a=b\nERRNO="),
+        (b"STATUS=caf\xc3\xa9\xff", b"STATUS=caf\xc3\xa9\xff"),
+        (b"STATUS=\x00nul", b"STATUS=\x00nul"),
+    ],
+)
+def test_filter_cases(payload: bytes, expected: bytes) -> None:
+    assert filter_notify(payload) == expected
+
+
+_line = st.one_of(
+    st.sampled_from(sorted(ALLOWED_LINES)),
+    st.sampled_from(ALLOWED_PREFIXES).flatmap(lambda p: st.binary(max_size=12).map(lambda v: p + v)),
+    st.sampled_from([b"MAINPID=1", b"READY=0", b"FDSTORE=1", b"", b"WATCHDOG_USEC=5"]),
+    st.binary(max_size=20),
+)
+
+
+@given(st.lists(_line, max_size=12).map(lambda lines: b"\n".join(lines)))
+def test_filter_property(payload: bytes) -> None:
+    out = filter_notify(payload)
+    allowed_in = [line for line in payload.split(b"\n") if allowed(line)]
+    out_lines = out.split(b"\n") if out else []
+    # every output line is an allowed line of the input, in input order
+    assert set(out_lines) <= set(allowed_in)
+    assert all(allowed(line) for line in out_lines)
+    assert out_lines == allowed_in
+    assert not any(line.startswith(b"MAINPID=") for line in out_lines)
+
+
+# -- NotifyRelay with real sockets ------------------------------------------------------
+
+
+@pytest.fixture
+def host(tmp_path: Path):  # type: ignore[no-untyped-def]
+    path = tmp_path / "host.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(path))
+    s.settimeout(0.2)
+    yield s, str(path)
+    s.close()
+
+
+def received(sock: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(65536))
+        except (TimeoutError, BlockingIOError):
+            return out
+
+
+def send(path: str, *messages: bytes) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+        for m in messages:
+            c.sendto(m, path)
+
+
+def test_relay_socket_setup(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    relay = NotifyRelay(str(bundle), host[1], RecordingDiag())
+    try:
+        assert relay.socket_path == str(bundle / "notify" / "notify.sock")
+        st_ = os.stat(relay.socket_path)
+        assert stat.S_ISSOCK(st_.st_mode)
+        assert stat.S_IMODE(st_.st_mode) == 0o777
+        assert not os.get_blocking(relay.fd)
+        assert not os.get_inheritable(relay.fd)
+        sock = socket.socket(fileno=os.dup(relay.fd))
+        try:
+            assert sock.type == socket.SOCK_DGRAM
+        finally:
+            sock.close()
+    finally:
+        relay.close()
+    assert not os.path.exists(relay.socket_path)
+    relay.close()  # idempotent
+
+
+def test_relay_forwards_filtered_lines(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
+    hsock, hpath = host
+    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
+    try:
+        send(
+            relay.socket_path,
+            b"READY=1",
+            b"MAINPID=42\nREADY=1\nSTATUS=hi there",
+            b"MAINPID=1",
+            b"FDSTORE=1\nX=2",
+            b"RELOADING=1\nSTOPPING=1\nERRNO=3\nBUSERROR=x\nMONOTONIC_USEC=5\nWATCHDOG=trigger\nFOO=1\nREADY=0",
+            b"WATCHDOG=1\n",
+        )
+        relay.on_readable()
+        assert received(hsock) == [
+            b"READY=1",
+            b"READY=1\nSTATUS=hi there",
+            b"RELOADING=1\nSTOPPING=1\nERRNO=3\nBUSERROR=x\nMONOTONIC_USEC=5\nWATCHDOG=trigger",
+            b"WATCHDOG=1",
+        ]
+        relay.on_readable()  # nothing pending: returns at once
+        assert received(hsock) == []
+    finally:
+        relay.close()
+
+
+def test_relay_mainpid_never_passes(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
+    hsock, hpath = host
+    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
+    try:
+        send(relay.socket_path, b"MAINPID=1", b"MAINPID=7\n", b"READY=1\nMAINPID=9")
+        relay.on_readable()
+        got = received(hsock)
+        assert got == [b"READY=1"]
+        assert not any(b"MAINPID" in g for g in got)
+    finally:
+        relay.close()
+
+
+def test_relay_existing_dir_and_stale_socket(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
+    hsock, hpath = host
+    (tmp_path / "notify").mkdir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(str(tmp_path / "notify" / "notify.sock"))
+    stale.close()
+    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
+    try:
+        send(relay.socket_path, b"STATUS=ok")
+        relay.on_readable()
+        assert received(hsock) == [b"STATUS=ok"]
+    finally:
+        relay.close()
+
+
+def test_relay_long_bundle_path(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
+    hsock, hpath = host
+    bundle = tmp_path / ("b" * 60) / ("c" * 60)
+    bundle.mkdir(parents=True)
+    relay = NotifyRelay(str(bundle), hpath, RecordingDiag())
+    try:
+        assert len(relay.socket_path) > 108
+        assert stat.S_ISSOCK(os.stat(relay.socket_path).st_mode)
+        # a client reaches it through a short path to the same directory
+        fd = os.open(bundle / "notify", os.O_PATH)
+        try:
+            send(f"/proc/self/fd/{fd}/notify.sock", b"READY=1")
+        finally:
+            os.close(fd)
+        relay.on_readable()
+        assert received(hsock) == [b"READY=1"]
+    finally:
+        relay.close()
+
+
+def test_relay_long_host_path(tmp_path: Path) -> None:
+    d = tmp_path / ("h" * 70) / ("i" * 70)
+    d.mkdir(parents=True)
+    hpath = str(d / "host.sock")
+    fd = os.open(d, os.O_PATH)
+    hs = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    hs.bind(f"/proc/self/fd/{fd}/host.sock")
+    os.close(fd)
+    hs.settimeout(0.2)
+    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
+    try:
+        send(relay.socket_path, b"READY=1")
+        relay.on_readable()
+        assert received(hs) == [b"READY=1"]
+    finally:
+        relay.close()
+        hs.close()
+
+
+def test_relay_abstract_host_socket(tmp_path: Path) -> None:
+    name = f"pyconmon-test-{os.getpid()}"
+    hs = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    hs.bind("\0" + name)
+    hs.settimeout(0.2)
+    relay = NotifyRelay(str(tmp_path), "@" + name, RecordingDiag())
+    try:
+        send(relay.socket_path, b"READY=1")
+        relay.on_readable()
+        assert received(hs) == [b"READY=1"]
+    finally:
+        relay.close()
+        hs.close()
+
+
+def test_relay_host_socket_missing_warns_once(tmp_path: Path) -> None:
+    diag = RecordingDiag()
+    relay = NotifyRelay(str(tmp_path), str(tmp_path / "nope.sock"), diag)
+    try:
+        send(relay.socket_path, b"READY=1", b"WATCHDOG=1", b"STATUS=x")
+        relay.on_readable()  # must not raise
+        send(relay.socket_path, b"READY=1")
+        relay.on_readable()
+        warnings = diag.warnings()
+        assert len(warnings) == 1
+        assert "Failed to send notification to" in warnings[0]
+    finally:
+        relay.close()
+
+
+def test_relay_nothing_passes_nothing_sent(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
+    hsock, hpath = host
+    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
+    try:
+        send(relay.socket_path, b"MAINPID=5", b"", b"BARRIER=1")
+        relay.on_readable()
+        assert received(hsock) == []
+    finally:
+        relay.close()
+
+
+def test_relay_drops_passed_fds(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
+    hsock, hpath = host
+    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
+    before = set(os.listdir("/proc/self/fd"))
+    r, w = os.pipe()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+            c.connect(relay.socket_path)
+            socket.send_fds(c, [b"FDSTORE=1\nREADY=1"], [r])
+        os.close(r)
+        os.close(w)
+        relay.on_readable()
+        assert received(hsock) == [b"READY=1"]
+        assert set(os.listdir("/proc/self/fd")) <= before  # no descriptor was installed
+    finally:
+        relay.close()
+
+
+def test_relay_bind_failure_raises(tmp_path: Path) -> None:
+    (tmp_path / "notify").write_text("not a dir")
+    with pytest.raises(OSError):
+        NotifyRelay(str(tmp_path), "/nonexistent", RecordingDiag())
