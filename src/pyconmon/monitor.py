@@ -45,6 +45,7 @@ from .syncpipe import SyncPipe
 SIGQUIT, SIGKILL, SIGPIPE, SIGTERM, SIGCHLD, SIGINT = 3, 9, 13, 15, 17, 2
 FORWARDED = (SIGTERM, SIGINT, SIGQUIT)
 RUNTIME_ERR_MAX = 8192
+UNKNOWN_STATUS = -1  # in Monitor.statuses: the process ended but could not be reaped
 
 
 class Fatal(Exception):
@@ -163,8 +164,6 @@ class Monitor:
                                                 opts.replace_listen_pid)
         except ListenPidError as err:
             raise Fatal(str(err)) from None
-        if self.notify is not None:
-            env["NOTIFY_SOCKET"] = self.notify.socket_path
         preserved = range(3, 3 + preserved_fd_count(opts))
         child_fds = self.stdio.child_fds if self.stdio is not None else None
         start_fd = self.start_fd if opts.exec_attach else None
@@ -240,6 +239,10 @@ class Monitor:
             self.attach_pipe.send(0)
         argv = runtime_argv(opts, console)
         self.diag.debug("Running " + " ".join(argv))
+        try:
+            os.unlink(opts.container_pidfile or "")  # a stale pid must never be taken for the new one
+        except OSError:
+            pass
         self.runtime_pid = self._spawn_runtime(argv)
         if self.stdio is not None:
             self.stdio.close_child_ends()
@@ -269,6 +272,7 @@ class Monitor:
         self.diag.debug(f"Container pid {pid}")
 
         self._watch_oom()
+        self._watch_exit(pid)
         if self.stdio is not None:
             self.stdio.watch_output()
         if opts.timeout > 0:
@@ -277,7 +281,29 @@ class Monitor:
         status = self.statuses[pid]
         if self.stdio is not None:
             self.stdio.drain()
-        return self._finish(-1 if self.timed_out else exit_code_from_status(status))
+        code = -1 if self.timed_out or status == UNKNOWN_STATUS else exit_code_from_status(status)
+        return self._finish(code)
+
+    def _watch_exit(self, pid: int) -> None:
+        """Also watch a pidfd: a process that is not our child still ends the wait."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            if pid not in self.statuses:
+                self._reap()
+                if pid not in self.statuses and not os.path.exists(f"/proc/{pid}"):
+                    self.statuses[pid] = UNKNOWN_STATUS
+            return
+
+        def exited(events: int) -> None:
+            self.loop.remove(pidfd)
+            os.close(pidfd)
+            self._reap()
+            if pid not in self.statuses:
+                self.diag.warn(f"Process {pid} exited but is not our child: its exit status is unknown")
+                self.statuses[pid] = UNKNOWN_STATUS
+
+        self.loop.add(pidfd, 1, exited)
 
     def _runtime_failed(self, code: int) -> int:
         message = self._runtime_stderr()

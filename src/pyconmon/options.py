@@ -269,7 +269,11 @@ def _parse_log_paths(opts: Options) -> list[LogDriver]:
             raise ConfigError("log-path must not be empty")
         kind, colon, path = entry.partition(":")
         if not colon:
-            kind, path = "k8s-file", entry
+            # A bare driver name (Podman passes `-l journald`) or a bare path (k8s-file).
+            if entry in ("journald", "passthrough", "none", "off", "null"):
+                kind, path = entry, ""
+            else:
+                kind, path = "k8s-file", entry
         if kind in ("off", "null"):
             kind = "none"
         if kind not in ("k8s-file", "journald", "passthrough", "none"):

@@ -104,6 +104,13 @@ def test_defaults():
     assert [(d.kind, d.path) for d in o.log_drivers] == [("k8s-file", "/tmp/x.log")]
 
 
+def test_bare_driver_names():
+    o = parse_args(base("-l", "journald", "-l", "none", "-l", "/var/log/x.log"))
+    validate(o, cwd="/tmp")
+    assert [(d.kind, d.path) for d in o.log_drivers] == [("k8s-file", "/tmp/x.log"), ("journald", ""),
+                                                          ("none", ""), ("k8s-file", "/var/log/x.log")]
+
+
 def test_legacy_exec_needs_no_cuuid():
     o = parse_args(["-c", CID, "-r", "/bin/true", "-e", "--exec-process-spec", "p", "-l", "/tmp/x"])
     validate(o, cwd="/tmp")
