@@ -37,6 +37,7 @@ from .process import (
     set_oom_score_adj,
     set_parent_death_signal,
     set_subreaper,
+    tune_malloc,
     write_file_atomic,
 )
 from .runtime import ListenPidError, listen_pid_env, preserved_fd_count, runtime_argv
@@ -413,6 +414,8 @@ def run(opts: Options) -> int:
     os.umask(0o022)
     old_oom = set_oom_score_adj("-1000")
     _signal.signal(SIGPIPE, _signal.SIG_IGN)
+    _signal.signal(SIGINT, _signal.SIG_DFL)  # like C until the loop forwards it; never KeyboardInterrupt
+    tune_malloc()
     caller_pid = os.getppid()
 
     if "passthrough" in opts.log_kinds():
