@@ -25,7 +25,7 @@ from __future__ import annotations
 import _socket
 import errno
 import os
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing costs 7 ms at start-up
 
 if TYPE_CHECKING:
     from .diag import Diagnostics
