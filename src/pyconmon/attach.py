@@ -25,18 +25,16 @@ Facts that shape this module:
 
 from __future__ import annotations
 
+import _socket
 import os
 from _collections import deque
-
-import _socket
-
 
 from .diag import Diagnostics
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings anyway
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 MAX_PACKET_DATA = 8192
 CLIENT_QUEUE_MAX = 4 << 20  # bytes queued per client before it is dropped
@@ -61,7 +59,7 @@ def link_path(socket_dir: str, cuuid: str) -> str:
 
 
 class AttachClient:
-    __slots__ = ("sock", "fd", "queue", "queued", "reading")
+    __slots__ = ("fd", "queue", "queued", "reading", "sock")
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock

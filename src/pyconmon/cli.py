@@ -18,7 +18,8 @@ def main(argv: list[str]) -> int:
         os.write(1, help_text().encode())
         return 0
     if opts.version:
-        os.write(1, f"conmon version {CONTRACT_VERSION}\ncommit: pyconmon-{__version__}\npyconmon version {__version__}\n".encode())
+        text = f"conmon version {CONTRACT_VERSION}\ncommit: pyconmon-{__version__}\npyconmon version {__version__}\n"
+        os.write(1, text.encode())
         return 0
     try:
         validate(opts)

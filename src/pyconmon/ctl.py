@@ -24,7 +24,7 @@ from .loop import EPOLLIN, EventLoop
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings anyway
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 MAX_LINE = 256
 MAX_SIZE = 1000

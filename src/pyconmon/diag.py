@@ -10,15 +10,14 @@ silently ignored: CRI-O always passes ``--syslog``, also on hosts without one.
 
 from __future__ import annotations
 
+import _socket
 import os
 import time
 
-import _socket
-
 ERROR, WARNING, INFO, DEBUG, TRACE = range(5)
-_LETTER = "ewidt"
+_LETTER = "ewidd"  # conmon prints trace lines as [conmon:d]
 _SYSLOG_SEVERITY = (3, 4, 6, 7, 7)  # err, warning, info, debug, debug
-_SYSLOG_TAG = ("error", "warning", "info", "debug", "trace")
+_SYSLOG_TAG = ("error", "nwarn", "ninfo", "ndebug", "ntrace")  # conmon's words, for grep
 _FACILITY_USER = 1 << 3
 
 
@@ -48,7 +47,7 @@ class Diagnostics:
                 self._syslog = sock
             pri = _FACILITY_USER | _SYSLOG_SEVERITY[level]
             stamp = time.strftime("%b %e %H:%M:%S")
-            msg = f"<{pri}>{stamp} conmon[{os.getpid()}]: conmon {self.cid[:20]} <n{_SYSLOG_TAG[level]}>: {text}"
+            msg = f"<{pri}>{stamp} conmon[{os.getpid()}]: conmon {self.cid[:20]} <{_SYSLOG_TAG[level]}>: {text}"
             self._syslog.send(msg.encode("utf-8", "replace"))
         except OSError:
             if self._syslog is not None:

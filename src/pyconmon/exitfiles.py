@@ -63,7 +63,7 @@ def run_exit_command(argv: list[str], delay: int, old_oom_score: str | None) -> 
             if old_oom_score is not None:
                 set_oom_score_adj(old_oom_score)
             os.execv(argv[0], argv)
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - a forked child must never return
             try:
                 os.write(2, f"[conmon:e]: Failed to exec exit command {argv[0]}: {err}\n".encode())
             finally:

@@ -27,7 +27,7 @@ STREAM_NAMES = {2: b"stdout", 3: b"stderr"}
 class Clock:
     """Formats k8s timestamps; caches the part that changes once a second."""
 
-    __slots__ = ("_sec", "_head", "_tail")
+    __slots__ = ("_head", "_sec", "_tail")
 
     def __init__(self) -> None:
         self._sec = -1
@@ -193,8 +193,8 @@ class K8sFileWriter:
                 except OSError:
                     pass
             self.failing = True
-            self.diag.warn_once("write:" + self.path,
-                                f"Failed to write to log file {self.path}: {err.strerror}; dropping output until it works again")
+            self.diag.warn_once("write:" + self.path, f"Failed to write to log file {self.path}: {err.strerror}; "
+                                "dropping output until it works again")
             return
         if self.failing:
             self.failing = False

@@ -12,7 +12,6 @@ from __future__ import annotations
 from .diag import Diagnostics
 from .options import Options
 
-
 TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings anyway
 if TYPE_CHECKING:
     from typing import Protocol
@@ -33,7 +32,7 @@ class LogSinks:
         self.budget = global_max if global_max > 0 else -1
 
     @classmethod
-    def from_options(cls, opts: Options, diag: Diagnostics) -> "LogSinks":
+    def from_options(cls, opts: Options, diag: Diagnostics) -> LogSinks:
         writers: list[LogWriter] = []
         for driver in opts.log_drivers:
             if driver.kind == "k8s-file":

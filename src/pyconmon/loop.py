@@ -21,12 +21,11 @@ The loop knows nothing about containers: callers register callbacks.
 
 from __future__ import annotations
 
+import _signal
 import heapq
 import os
 import select
 import time
-
-import _signal
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -36,13 +35,13 @@ EPOLLRDHUP = select.EPOLLRDHUP
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings anyway
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
     FdCallback = Callable[[int], None]
 
 
 class Timer:
-    __slots__ = ("deadline", "callback", "cancelled")
+    __slots__ = ("callback", "cancelled", "deadline")
 
     def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
         self.deadline = deadline
@@ -52,7 +51,7 @@ class Timer:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def __lt__(self, other: "Timer") -> bool:
+    def __lt__(self, other: Timer) -> bool:
         return self.deadline < other.deadline
 
 

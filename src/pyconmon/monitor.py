@@ -22,9 +22,8 @@ Facts that shape it:
 
 from __future__ import annotations
 
-import os
-
 import _signal
+import os
 
 from .diag import Diagnostics
 from .exitfiles import exit_code_from_status, run_exit_command, write_exit_files
@@ -190,7 +189,7 @@ class Monitor:
                 if rewrite_listen_pid:
                     env["LISTEN_PID"] = str(os.getpid())
                 os.execve(argv[0], argv, env)
-            except BaseException as err:
+            except BaseException as err:  # noqa: BLE001 - a forked child must never return
                 try:
                     os.write(2, f"Failed to exec {argv[0]}: {err}\n".encode())
                 finally:
@@ -321,7 +320,7 @@ class Monitor:
             return
         try:
             self.oom = OomWatcher.for_pid(self.container_pid, self.diag)
-        except Exception as err:  # a watcher is optional: never fail the container for it
+        except Exception as err:  # noqa: BLE001 - a watcher is optional: never fail the container for it
             self.diag.warn(f"Failed to watch for OOM: {err}")
             self.oom = None
         if self.oom is not None:
@@ -332,7 +331,7 @@ class Monitor:
         assert self.oom is not None
         try:
             hit = self.oom.on_readable(fd)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - OOM watching must never end the monitor
             self.diag.warn(f"OOM watcher failed: {err}")
             self.loop.remove(fd)
             return
@@ -364,7 +363,7 @@ class Monitor:
             try:
                 if self.oom.final_check():
                     self._record_oom()
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - nor must the last OOM check
                 self.diag.warn(f"OOM check failed: {err}")
         if self.sinks is not None:
             self.sinks.finish(not opts.no_sync_log)  # type: ignore[attr-defined]
@@ -432,14 +431,19 @@ def run(opts: Options) -> int:
         return 1
 
     inherited_at_start = [fd for fd in open_fds() if fd > 2]
+    # Only now: a syslog socket opened earlier would count as inherited and be closed at exit.
+    diag.trace(f"set log level to {opts.log_level or 'warning'}")  # conmon's wording
 
     # Log files are opened before anything starts, so a bad path is a clear error.
     from .logpath import LogPathError
     from .logsink import LogSinks
+    key = "data" if opts.api_version else ("exit_code" if opts.exec_ else "pid")
     try:
         sinks = LogSinks.from_options(opts, diag)
     except (OSError, LogPathError) as err:
         diag.error(f"Failed to open log file: {err}")
+        # Podman and CRI-O read errors from the sync pipe, not from our stderr.
+        SyncPipe(sync_fd, key).send(-1, f"Failed to open log file: {err}")
         return 1
 
     if start_fd is not None:
@@ -474,7 +478,7 @@ def run(opts: Options) -> int:
                 os.set_inheritable(fd, False)
             except OSError:
                 pass
-    if not ("passthrough" in opts.log_kinds()):
+    if "passthrough" not in opts.log_kinds():
         redirect_stdio_to_devnull()
         diag.use_stderr = False
     try:
@@ -486,7 +490,6 @@ def run(opts: Options) -> int:
     except OSError as err:
         diag.warn(f"Failed to become a child subreaper: {err.strerror}")
 
-    key = "data" if opts.api_version else ("exit_code" if opts.exec_ else "pid")
     sync = SyncPipe(sync_fd, key)
     attach_pipe = SyncPipe(attach_fd, "data") if attach_fd is not None else None
     monitor = Monitor(opts, diag, sync, attach_pipe, start_fd, inherited, old_oom, sinks)

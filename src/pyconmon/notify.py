@@ -25,6 +25,7 @@ from __future__ import annotations
 import _socket
 import errno
 import os
+
 TYPE_CHECKING = False  # typing costs 7 ms at start-up
 
 if TYPE_CHECKING:

@@ -53,6 +53,7 @@ v1 uses ``os.eventfd``.
 from __future__ import annotations
 
 import os
+
 TYPE_CHECKING = False  # typing costs 7 ms at start-up
 
 if TYPE_CHECKING:

@@ -316,7 +316,8 @@ def validate(opts: Options, cwd: str | None = None) -> None:
     if opts.log_max_files < 0:
         raise ConfigError(f"conmon: log-max-files must be non-negative, got {opts.log_max_files}")
     if opts.log_rotate and opts.log_max_files < 1:
-        raise ConfigError(f"conmon: log-max-files must be at least 1 when log-rotate is enabled, got {opts.log_max_files}")
+        raise ConfigError("conmon: log-max-files must be at least 1 when log-rotate is enabled, "
+                          f"got {opts.log_max_files}")
     if not opts.log_paths:
         raise ConfigError("Log driver not provided. Use --log-path")
     opts.log_drivers = _parse_log_paths(opts)
@@ -354,7 +355,7 @@ def help_text() -> str:
     """Usage in GOption's layout: every option, and the log drivers."""
     lines = ["Usage:", "  conmon [OPTION\u2026] - conmon utility", "", "Help Options:",
              "  -h, --help                   Show help options", "", "Application Options:"]
-    for name, short, kind, _attr, text in OPTION_TABLE:
+    for name, short, _kind, _attr, text in OPTION_TABLE:
         if not text or name == "help":
             continue
         head = f"-{short}, --{name}" if short else f"--{name}"

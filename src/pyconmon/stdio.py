@@ -22,18 +22,17 @@ Facts that shape this module:
 
 from __future__ import annotations
 
+import _socket
 import os
 import sys
 from _collections import deque
-
-import _socket
 
 from .diag import Diagnostics
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings anyway
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 STDOUT, STDERR = 2, 3
 READ_CHUNK = 1 << 20
@@ -365,4 +364,4 @@ class ConsoleSocket:
             pass
 
 
-__all__ = ["ConsoleSocket", "ContainerStdio", "EPOLLERR", "EPOLLHUP", "STDERR", "STDOUT"]
+__all__ = ["EPOLLERR", "EPOLLHUP", "STDERR", "STDOUT", "ConsoleSocket", "ContainerStdio"]
