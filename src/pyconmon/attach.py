@@ -112,7 +112,7 @@ class AttachServer:
     def _on_listen(self, events: int) -> None:
         while True:
             try:
-                fd, _addr = self.sock._accept()
+                fd, _addr = self.sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
@@ -123,7 +123,7 @@ class AttachServer:
             client = AttachClient(sock)
             self.clients[client.fd] = client
             self.loop.add(client.fd, 0 if self.input_paused else EPOLLIN,
-                          lambda ev, c=client: self._on_client(c, ev))
+                          lambda ev, c=client: self._on_client(c, ev))  # type: ignore[misc]
             self.diag.debug("Accepted attach client")
 
     def _on_client(self, client: AttachClient, events: int) -> None:

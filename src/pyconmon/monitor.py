@@ -42,6 +42,15 @@ from .process import (
 from .runtime import ListenPidError, listen_pid_env, preserved_fd_count, runtime_argv
 from .syncpipe import SyncPipe
 
+TYPE_CHECKING = False  # typing costs 7 ms at start-up
+if TYPE_CHECKING:
+    from .attach import AttachServer
+    from .ctl import ControlFifos
+    from .logsink import LogSinks
+    from .notify import NotifyRelay
+    from .oom import OomWatcher
+    from .stdio import ContainerStdio
+
 SIGQUIT, SIGKILL, SIGPIPE, SIGTERM, SIGCHLD, SIGINT = 3, 9, 13, 15, 17, 2
 FORWARDED = (SIGTERM, SIGINT, SIGQUIT)
 RUNTIME_ERR_MAX = 8192
@@ -56,7 +65,7 @@ class Monitor:
     """Runs and supervises one container (or exec session)."""
 
     def __init__(self, opts: Options, diag: Diagnostics, sync: SyncPipe, attach_pipe: SyncPipe | None,
-                 start_fd: int | None, inherited: list[int], old_oom: str | None, sinks: object | None,
+                 start_fd: int | None, inherited: list[int], old_oom: str | None, sinks: LogSinks | None,
                  loop: EventLoop | None = None) -> None:
         self.opts = opts
         self.diag = diag
@@ -72,12 +81,13 @@ class Monitor:
         self.container_pid = 0
         self.timed_out = False
         self.oom_killed = False
-        self.stdio = None
-        self.attach = None
-        self.fifos = None
-        self.oom = None
-        self.notify = None
+        self.stdio: ContainerStdio | None = None
+        self.attach: AttachServer | None = None
+        self.fifos: ControlFifos | None = None
+        self.oom: OomWatcher | None = None
+        self.notify: NotifyRelay | None = None
         self.passthrough = "passthrough" in opts.log_kinds()
+        self.winsize: tuple[int, int] | None = None  # the last size asked for through ctl/winsz
 
     # -- signals and children -------------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -107,7 +117,7 @@ class Monitor:
     # -- output ----------------------------------------------------------------
     def _on_output(self, stream: int, data: bytes) -> None:
         if self.sinks is not None:
-            self.sinks.write(stream, data)  # type: ignore[attr-defined]
+            self.sinks.write(stream, data)
         if self.attach is not None:
             self.attach.broadcast(stream, data)
 
@@ -120,13 +130,16 @@ class Monitor:
             self.stdio.close_stdin()
 
     def _resize(self, rows: int, cols: int) -> None:
+        # Podman writes the first size of an `exec -t` before the runtime runs, when there
+        # is no pty yet: keep it and apply it once the pty arrives.
+        self.winsize = (rows, cols)
         if self.stdio is not None and self.stdio.pty_master >= 0:
             from .ctl import resize_pty
             resize_pty(self.stdio.pty_master, rows, cols)
 
     def _reopen_logs(self) -> None:
         if self.sinks is not None:
-            self.sinks.reopen()  # type: ignore[attr-defined]
+            self.sinks.reopen()
 
     # -- set-up ------------------------------------------------------------------
     def _setup_io(self) -> str | None:
@@ -150,10 +163,11 @@ class Monitor:
         if opts.sdnotify_socket and opts.bundle:
             from .notify import NotifyRelay
             try:
-                self.notify = NotifyRelay(opts.bundle, opts.sdnotify_socket, self.diag)
+                notify = NotifyRelay(opts.bundle, opts.sdnotify_socket, self.diag)
             except OSError as err:
                 raise Fatal(f"Failed to create the notify socket: {err.strerror}") from None
-            self.loop.add(self.notify.fd, 1, lambda ev: self.notify.on_readable())  # type: ignore[union-attr]
+            self.notify = notify
+            self.loop.add(notify.fd, 1, lambda ev: notify.on_readable())
         return console
 
     def _spawn_runtime(self, argv: list[str]) -> int:
@@ -255,6 +269,12 @@ class Monitor:
 
         if self.stdio is not None and self.stdio.console is not None:
             self.stdio._on_console(0)  # the runtime has sent the pty by now, if ever
+            if self.winsize is not None and self.stdio.pty_master >= 0:
+                from .ctl import resize_pty
+                try:
+                    resize_pty(self.stdio.pty_master, *self.winsize)
+                except OSError as err:
+                    self.diag.warn(f"Failed to resize the terminal: {err.strerror}")
 
         pid = self._read_pidfile()
         if runtime_code != 0 and not (opts.exec_ and pid):
@@ -325,7 +345,7 @@ class Monitor:
             self.oom = None
         if self.oom is not None:
             for fd in self.oom.fds():
-                self.loop.add(fd, 1, lambda ev, fd=fd: self._on_oom_fd(fd))
+                self.loop.add(fd, 1, lambda ev, fd=fd: self._on_oom_fd(fd))  # type: ignore[misc]
 
     def _on_oom_fd(self, fd: int) -> None:
         assert self.oom is not None
@@ -366,7 +386,7 @@ class Monitor:
             except Exception as err:  # noqa: BLE001 - nor must the last OOM check
                 self.diag.warn(f"OOM check failed: {err}")
         if self.sinks is not None:
-            self.sinks.finish(not opts.no_sync_log)  # type: ignore[attr-defined]
+            self.sinks.finish(not opts.no_sync_log)
         if self.attach is not None:
             self.attach.flush_all()
         for fd in self.inherited:
@@ -377,8 +397,8 @@ class Monitor:
                     pass
         self._teardown()
         assert opts.cid
-        for err in write_exit_files(code, opts.cid, opts.persist_dir, opts.exit_dir):
-            self.diag.error(err)
+        for problem in write_exit_files(code, opts.cid, opts.persist_dir, opts.exit_dir):
+            self.diag.error(problem)
         if opts.exec_:
             self.sync.send(code, "command timed out" if self.timed_out else None)
         self.sync.close()
@@ -400,7 +420,7 @@ class Monitor:
         if self.stdio is not None:
             self.stdio.close()
         if self.sinks is not None:
-            self.sinks.close()  # type: ignore[attr-defined]
+            self.sinks.close()
             self.sinks = None
 
 

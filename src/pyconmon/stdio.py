@@ -34,6 +34,8 @@ TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .loop import Timer
+
 STDOUT, STDERR = 2, 3
 READ_CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
@@ -93,7 +95,7 @@ class ContainerStdio:
         self.on_stdin_backlog: Callable[[bool], None] | None = None
         self.console: ConsoleSocket | None = None
         self.pty_master = -1
-        self._retry_timer = None
+        self._retry_timer: Timer | None = None
 
     # -- set-up --------------------------------------------------------------
     def make_pipes(self, want_stdin: bool) -> None:
@@ -152,7 +154,7 @@ class ContainerStdio:
     def watch_output(self) -> None:
         for src in self.sources:
             if not src.eof and not self.loop.watching(src.fd):
-                self.loop.add(src.fd, EPOLLIN, lambda ev, s=src: self._on_readable(s, ev))
+                self.loop.add(src.fd, EPOLLIN, lambda ev, s=src: self._on_readable(s, ev))  # type: ignore[misc]
 
     def _on_readable(self, src: OutputSource, events: int) -> None:
         if events & EPOLLOUT:  # only the pty master is both output and stdin
@@ -194,7 +196,7 @@ class ContainerStdio:
         if src.eof:
             return
         mask = EPOLLIN | (EPOLLOUT if self.stdin_queue else 0)
-        self.loop.add(src.fd, mask, lambda ev, s=src: self._on_readable(s, ev))
+        self.loop.add(src.fd, mask, lambda ev, s=src: self._on_readable(s, ev))  # type: ignore[misc]
 
     def _source_eof(self, src: OutputSource) -> None:
         src.eof = True
@@ -333,7 +335,7 @@ class ConsoleSocket:
         """Accept the runtime and receive the pty master; None while not there yet."""
         if self.conn is None:
             try:
-                fd, _ = self.sock._accept()
+                fd, _ = self.sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return None
             self.conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
