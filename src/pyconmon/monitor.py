@@ -269,12 +269,12 @@ class Monitor:
 
         if self.stdio is not None and self.stdio.console is not None:
             self.stdio._on_console(0)  # the runtime has sent the pty by now, if ever
-            if self.winsize is not None and self.stdio.pty_master >= 0:
-                from .ctl import resize_pty
-                try:
-                    resize_pty(self.stdio.pty_master, *self.winsize)
-                except OSError as err:
-                    self.diag.warn(f"Failed to resize the terminal: {err.strerror}")
+        if self.winsize is not None and self.stdio is not None and self.stdio.pty_master >= 0:
+            from .ctl import resize_pty  # a size that came before the pty (see _resize)
+            try:
+                resize_pty(self.stdio.pty_master, *self.winsize)
+            except OSError as err:
+                self.diag.warn(f"Failed to resize the terminal: {err.strerror}")
 
         pid = self._read_pidfile()
         if runtime_code != 0 and not (opts.exec_ and pid):
