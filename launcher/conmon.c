@@ -34,8 +34,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 
 #ifndef PYCONMON_LIBDIR
 #error "compile with -DPYCONMON_LIBDIR=\"$(PREFIX)/lib/pyconmon\""
@@ -48,6 +50,49 @@ static const char bootstrap[] =
     "import sys\n"
     "from pyconmon.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n";
+
+/*
+ * _pyconmon_native: the two libc calls the monitor needs that Python's
+ * stdlib lacks.  From a checkout they go through ctypes (pyconmon.process);
+ * the installed monitor gets them here and never imports ctypes, which
+ * saves ~4 ms of start-up and ~0.6 MB of private memory per container.
+ */
+static PyObject *native_prctl(PyObject *self, PyObject *args)
+{
+    int option;
+    unsigned long arg;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "ik", &option, &arg))
+        return NULL;
+    if (prctl(option, arg, 0, 0, 0) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *native_mallopt(PyObject *self, PyObject *args)
+{
+    int param, value;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "ii", &param, &value))
+        return NULL;
+    return PyLong_FromLong(mallopt(param, value));
+}
+
+static PyMethodDef native_methods[] = {
+    {"prctl", native_prctl, METH_VARARGS, "prctl(option, arg): prctl(2) with one argument."},
+    {"mallopt", native_mallopt, METH_VARARGS, "mallopt(param, value): mallopt(3)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "_pyconmon_native", "libc calls for pyconmon.", -1, native_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+static PyObject *native_init(void)
+{
+    return PyModule_Create(&native_module);
+}
 
 static int fail(PyConfig *config, PyStatus status)
 {
@@ -88,6 +133,9 @@ int main(int argc, char **argv)
     config.buffered_stdio = 1;
     config.install_signal_handlers = 1; /* as python3: SIGPIPE, SIGXFSZ ignored */
     config.pathconfig_warnings = 0; /* never print path warnings (stderr is parsed) */
+    /* optimization_level stays 0: with -O/-OO the stdlib's frozen and cached
+     * modules don't apply and it is compiled from source at every start
+     * (measured: +0.9 MB private memory and slower start). */
 
     status = PyConfig_SetBytesArgv(&config, argc, argv);
     if (PyStatus_Exception(status))
@@ -134,6 +182,9 @@ int main(int argc, char **argv)
     status = PyConfig_SetBytesString(&config, &config.run_command, bootstrap);
     if (PyStatus_Exception(status))
         return fail(&config, status);
+
+    if (PyImport_AppendInittab("_pyconmon_native", native_init) < 0)
+        return fail(&config, PyStatus_NoMemory());
 
     status = Py_InitializeFromConfig(&config);
     PyConfig_Clear(&config);

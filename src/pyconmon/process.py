@@ -36,8 +36,18 @@ def libc():  # type: ignore[no-untyped-def]
     return _libc
 
 
+try:  # the installed launcher provides these natively (no ctypes)
+    from _pyconmon_native import mallopt as _mallopt  # type: ignore[import-not-found]
+    from _pyconmon_native import prctl as _prctl
+except ImportError:
+    _prctl = _mallopt = None
+
+
 def prctl(option: int, arg: int) -> None:
     """prctl(2) with one argument; raises OSError on failure."""
+    if _prctl is not None:
+        _prctl(option, arg)
+        return
     if libc().prctl(option, arg, 0, 0, 0) != 0:
         import ctypes
         err = ctypes.get_errno()
@@ -57,8 +67,9 @@ def tune_malloc() -> None:
     which doubled the kernel time of a flood.  Fixed thresholds above the
     working set (a few MiB) make the heap reuse them instead.
     """
-    libc().mallopt(M_MMAP_THRESHOLD, 16 << 20)
-    libc().mallopt(M_TRIM_THRESHOLD, 32 << 20)
+    set_option = _mallopt if _mallopt is not None else libc().mallopt
+    set_option(M_MMAP_THRESHOLD, 16 << 20)
+    set_option(M_TRIM_THRESHOLD, 32 << 20)
 
 
 def set_subreaper(on: bool) -> None:
