@@ -112,3 +112,11 @@ def test_reopen_picks_up_moved_file(tmp_path):
     w.close()
     assert [r[3] for r in parse_records(path.read_bytes())] == [b"after"]
     assert [r[3] for r in parse_records((tmp_path / "ctr.log.moved").read_bytes())] == [b"before"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=3 * MAX_RECORD), max_size=8))
+def test_has_long_line_matches_a_plain_check(lengths):
+    from pyconmon.k8sfile import has_long_line
+    body = b"\n".join(b"x" * n for n in lengths)
+    assert has_long_line(body) == any(n > MAX_RECORD for n in lengths)
