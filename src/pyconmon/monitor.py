@@ -137,6 +137,15 @@ class Monitor:
             from .ctl import resize_pty
             resize_pty(self.stdio.pty_master, rows, cols)
 
+    def _on_pty(self) -> None:
+        # Apply a size that came before the pty at once: the runtime exec's the process
+        # right after sending the pty, and it may look at its size before the runtime exits.
+        if self.winsize is not None:
+            try:
+                self._resize(*self.winsize)
+            except OSError as err:
+                self.diag.warn(f"Failed to resize the terminal: {err.strerror}")
+
     def _reopen_logs(self) -> None:
         if self.sinks is not None:
             self.sinks.reopen()
@@ -151,6 +160,7 @@ class Monitor:
             self.stdio = stdio = ContainerStdio(self.loop, self.diag, self._on_output)
             if opts.terminal:
                 console = stdio.make_console_socket(os.environ.get("TMPDIR") or "/tmp")
+                stdio.on_pty = self._on_pty
             else:
                 stdio.make_pipes(opts.stdin)
             if opts.bundle and os.path.isdir(opts.bundle):

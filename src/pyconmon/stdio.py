@@ -93,6 +93,7 @@ class ContainerStdio:
         self.stdin_queued = 0
         self.stdin_close_pending = False
         self.on_stdin_backlog: Callable[[bool], None] | None = None
+        self.on_pty: Callable[[], None] | None = None  # called as soon as the pty master is there
         self.console: ConsoleSocket | None = None
         self.pty_master = -1
         self._retry_timer: Timer | None = None
@@ -142,6 +143,8 @@ class ContainerStdio:
         self.pty_master = master
         self.stdin_fd = master
         self.sources.append(OutputSource(master, STDOUT, is_pty=True))
+        if self.on_pty is not None:
+            self.on_pty()
         self.watch_output()
 
     def close_child_ends(self) -> None:

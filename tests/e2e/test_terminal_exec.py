@@ -1,0 +1,386 @@
+"""Terminals, exec sessions and the control FIFOs, with real runc (issue 3, CONTRACT 2-4).
+
+Most tests run against both monitors (``monitor_bin``): C conmon 2.1.6 is the
+reference for the wire format; where it differs from the contract the test
+says so and asserts the contract for pyconmon only.
+"""
+
+import json
+import os
+import random
+import signal
+import stat
+import time
+
+import pytest
+
+from support import LAUNCHER
+from support.harness import (
+    pid_alive,
+    poll_until,
+    read_exit_file,
+    read_pidfile,
+    wait_pid_gone,
+    write_ctl,
+)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def is_py(monitor):
+    return monitor == LAUNCHER
+
+
+def cpu_seconds(pid):
+    """user + system CPU time of ``pid`` from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def tty_fds(pid):
+    """The fds of ``pid`` open on a pty slave."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/dev/pts/"):
+                out.append(fd)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def container_procs(pid):
+    """Pids in the (v1 pids, or v2) cgroup of ``pid``."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        lines = [x.split(":", 2) for x in f.read().splitlines()]
+    for _, ctrls, path in lines:
+        if "pids" in ctrls.split(","):
+            procs = f"/sys/fs/cgroup/pids{path}/cgroup.procs"
+            break
+    else:
+        procs = f"/sys/fs/cgroup{lines[-1][2]}/cgroup.procs"
+    with open(procs) as f:
+        return sorted(int(x) for x in f.read().split())
+
+
+def started_with_client(testbed, monitor_bin, args, **kw):
+    """A tty container, created, with an attach client connected before ``runc start``."""
+    m = testbed.run(monitor_bin, args, terminal=True, start=False, **kw)
+    assert m.container_pid, m.describe()
+    client = m.attach()
+    m.start_container()
+    return m, client
+
+
+# --------------------------------------------------------------------------
+# --terminal: output, resize, hangup
+
+
+def test_tty_output_is_stdout_with_crlf(testbed, monitor_bin):
+    m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", "echo out; echo err >&2; printf tail"])
+    out = client.read_until_eof(10)
+    assert out == {2: b"out\r\nerr\r\ntail"}, "with a tty everything is stream 2, ONLCR on"
+    assert m.wait_exit_file() == 0
+    recs = m.log_records()
+    assert {r.stream for r in recs} == {"stdout"}
+    assert b"".join(r.content + (b"\n" if r.tag == "F" else b"") for r in recs) == b"out\r\nerr\r\ntail"
+    assert [r.content for r in recs if r.tag == "F"] == [b"out\r", b"err\r"]
+
+
+# Prints the size at start, then waits (bounded) until it changes and prints it again.
+WAIT_RESIZE = ('first=$(stty size); echo "first $first"; i=0; '
+               'while [ "$(stty size)" = "$first" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; '
+               'echo "now $(stty size)"')
+
+
+def resize_and_read(m, client, fifo, line):
+    client.read_until(lambda o: b"first" in o.get(2, b"") and b"\n" in o[2].split(b"first", 1)[1], 10)
+    write_ctl(m.bundle, line, name=fifo)
+    out = client.read_until_eof(15)[2]
+    return out
+
+
+@pytest.mark.parametrize("fifo,line", [("ctl", "1 40 100\n"), ("winsz", "40 100\n")])
+def test_resize_seen_by_stty(testbed, monitor_bin, fifo, line):
+    m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", WAIT_RESIZE])
+    out = resize_and_read(m, client, fifo, line)
+    assert out.endswith(b"now 40 100\r\n"), out
+    assert m.wait_exit_file() == 0
+
+
+def test_ctl_fifos_are_fifos_0660(testbed, monitor_bin):
+    m = testbed.run(monitor_bin, ["sleep", "30"], terminal=True)
+    assert m.container_pid, m.describe()
+    modes = {}
+    for name in ("ctl", "winsz"):
+        st = os.stat(os.path.join(m.bundle, name))
+        assert stat.S_ISFIFO(st.st_mode), name
+        modes[name] = stat.S_IMODE(st.st_mode)
+    # CONTRACT 4 says 0660; C conmon's mkfifo(0660) goes through its umask 022: 0640
+    assert modes["ctl"] == (0o660 if is_py(monitor_bin) else 0o640), modes
+
+
+def _garbage_lines(rng, n):
+    """``n`` malformed (or harmless) ctl writes: bytes, partial lines, huge numbers, NULs."""
+    pieces = [b"1", b"2", b"3", b"-1", b"0", b"1000", b"1001", b"99999999999999999999999", b"-" + b"9" * 40,
+              b"1e3", b"0x10", b"+5", b" ", b"\t", b"\x00", b"\xff", b"abc", b"\r", b"1 2", b"1 2 3 4"]
+    out = []
+    for _ in range(n):
+        kind = rng.randrange(6)
+        if kind == 0:
+            line = rng.randbytes(rng.randrange(0, 40))
+        elif kind == 1:  # words from the pieces, odd counts and separators
+            line = b" ".join(rng.choice(pieces) for _ in range(rng.randrange(0, 6)))
+        elif kind == 2:  # out-of-range resize
+            line = b"1 %d %d" % (rng.choice([-1, 1001, 65536, 2**31, -(2**40)]), rng.randrange(-5, 5000))
+        elif kind == 3:  # unknown type
+            line = b"%d 10 10" % rng.choice([0, 3, 4, 255, -1, 2**33])
+        elif kind == 4:  # very long line (beyond any line buffer)
+            line = b"1 " + b"9" * rng.randrange(200, 5000)
+        else:  # NULs and garbage around a plausible line
+            line = b"\x00" * rng.randrange(3) + b"1 30 80" + rng.choice([b"\x00", b"x", b"  7", b""])
+        # most lines end with a newline; some don't and run into the next one
+        out.append(line + (b"\n" if rng.random() < 0.9 else b""))
+    return out
+
+
+def test_ctl_garbage_then_valid_resize(testbed):
+    """10,000 malformed ctl lines never stop the monitor; a later resize still works (pyconmon)."""
+    m, client = started_with_client(testbed, LAUNCHER, ["sh", "-c", WAIT_RESIZE.replace("0.05", "0.1")])
+    client.read_until(lambda o: b"first" in o.get(2, b"") and b"\n" in o[2].split(b"first", 1)[1], 10)
+    rng = random.Random(0x5eed)
+    data = b"".join(_garbage_lines(rng, 10_000))
+    # also one line of a few hundred KB and a burst of NULs with no newline at all
+    data += b"7" * 300_000 + b"\n" + b"\x00" * 70_000
+    fd = os.open(os.path.join(m.bundle, "ctl"), os.O_WRONLY)  # blocking: the monitor reads as we go
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view[:4096])
+            view = view[n:]
+        os.write(fd, b"\n1 33 77\n")  # the first \n ends whatever partial line is pending
+    finally:
+        os.close(fd)
+    out = client.read_until_eof(20)[2]
+    assert out.endswith(b"now 33 77\r\n"), out[-200:]
+    assert m.wait_exit_file() == 0
+
+
+def test_pty_hangup_neither_ends_monitor_nor_spins(testbed, monitor_bin):
+    """The container closes every tty fd for 1.5 s, then reopens /dev/console and writes again."""
+    script = ("echo closing; exec 0<&- 1>&- 2>&-; sleep 1.5; "
+              "exec 1>/dev/console; echo back; exit 3")
+    m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", script])
+    client.read_until(lambda o: b"closing\r\n" in o.get(2, b""), 10)
+    poll_until(lambda: not tty_fds(m.container_pid), 5, what="the container to close its tty")
+    cpu0 = time.monotonic(), cpu_seconds(m.pid)
+    out = client.read_until(lambda o: b"back" in o.get(2, b""), 10)
+    wall, cpu = time.monotonic() - cpu0[0], cpu_seconds(m.pid) - cpu0[1]
+    assert out == {2: b"closing\r\nback\r\n"}
+    assert wall > 1.0, "the hangup lasted about 1.5 s"
+    assert cpu < 0.2, f"monitor used {cpu:.2f} s CPU during a {wall:.1f} s pty hangup"
+    assert m.wait_exit_file() == 3
+    assert [r.content for r in m.log_records()] == [b"closing\r", b"back\r"]
+
+
+def write_script(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    return path
+
+
+# A runtime that "creates" the container (a sleep it starts, its pid in the pid
+# file) and succeeds, but never connects to the console socket.
+NO_CONSOLE_RUNTIME = """#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in --pid-file) pidfile=$2; shift ;; esac
+  shift
+done
+sleep 30 </dev/null >/dev/null 2>&1 &
+printf %s $! > "$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile"
+exit 0
+"""
+
+
+def test_runtime_did_not_set_up_terminal(testbed, monitor_bin):
+    fake = write_script(os.path.join(testbed.workdir("rt"), "fake-runtime"), NO_CONSOLE_RUNTIME)
+    m = testbed.run(monitor_bin, ["true"], terminal=True, start=False, extra_args=["-r", fake])
+    try:
+        m.wait(10)
+        if is_py(monitor_bin):
+            assert m.sync_msg == {"data": -1, "message": "Runtime did not set up terminal"}, m.describe()
+            assert m.read_sync(5) is None
+        else:
+            # C conmon 2.1.6 only logs the error and exits: the caller reads EOF, no message
+            assert m.sync_msg is None, m.describe()
+        assert not os.path.exists(m.exit_file)
+    finally:
+        pid = read_pidfile(m.pidfile)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------
+# --exec
+
+
+@pytest.fixture
+def sleeper(testbed, monitor_bin):
+    """A running ``sleep 60`` container (no tty) under the monitor being tested."""
+    m = testbed.run(monitor_bin, ["sleep", "60"])
+    assert m.container_pid, m.describe()
+    return m
+
+
+EXIT_CASES = [("echo out; echo err >&2; exit 0", 0), ("echo out; echo err >&2; exit 5", 5),
+              ("echo out; echo err >&2; kill -9 $$", 137)]
+
+
+def test_exec_exit_codes_v1(testbed, monitor_bin, sleeper):
+    """Podman: pid, then (after the exit file <exit-dir>/<cid>) the exit code on the sync pipe."""
+    for script, code in EXIT_CASES:
+        e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", script])
+        assert e.attach_msg == {"data": 0}, e.describe()
+        assert e.container_pid and e.sync_msg == {"data": e.container_pid}, e.describe()
+        assert read_pidfile(e.pidfile) == e.container_pid
+        assert e.client.read_until_eof(10) == {2: b"out\n", 3: b"err\n"}
+        assert e.exit_file == os.path.join(e.bundle, "exit", sleeper.cid)
+        assert e.wait_exit_file() == code, script
+        assert e.read_sync(10) == {"data": code}, script
+        assert e.read_sync(10) is None
+        e.wait(10)
+    assert pid_alive(sleeper.container_pid)
+
+
+def test_exec_exit_codes_legacy(testbed, monitor_bin, sleeper):
+    """CRI-O ExecSync: no pid message, only {"exit_code": N}."""
+    for script, code in EXIT_CASES:
+        e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", script], style="crio")
+        assert e.sync_msg == {"exit_code": code}, e.describe()
+        assert e.messages == [{"exit_code": code}]
+        assert {(x.stream, x.content) for x in e.log_lines()} == {("stdout", b"out"), ("stderr", b"err")}
+
+
+NOT_FOUND = 'exec: "doesnotexist": executable file not found in $PATH'
+
+
+def test_exec_that_fails_to_start_v1(testbed, monitor_bin, sleeper):
+    e = testbed.exec(monitor_bin, sleeper, ["doesnotexist"])
+    assert e.attach_msg == {"data": 0}, e.describe()
+    assert e.sync_msg["data"] == -1, e.describe()
+    assert NOT_FOUND in e.sync_msg["message"]  # runc's own stderr
+    assert e.read_sync(10) is None, "nothing after the failure"
+    e.wait(10)
+    assert read_exit_file(e.exit_file) is None
+    assert pid_alive(sleeper.container_pid)
+
+
+def test_exec_that_fails_to_start_legacy(testbed, monitor_bin, sleeper):
+    e = testbed.exec(monitor_bin, sleeper, ["doesnotexist"], style="crio")
+    assert e.sync_msg["exit_code"] == -1, e.describe()
+    assert NOT_FOUND.replace('"', '\\"') in e.sync_msg["message"], e.sync_msg  # runc's stderr (logfmt)
+    assert e.messages == [e.sync_msg]
+    assert e.first_status == 1
+
+
+@pytest.mark.parametrize("style", ["podman", "crio"])
+def test_exec_timeout_kills(testbed, monitor_bin, sleeper, style):
+    t0 = time.monotonic()
+    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", "echo started; exec sleep 30"], style=style, timeout=1)
+    if style == "crio":
+        assert e.sync_msg == {"exit_code": -1, "message": "command timed out"}, e.describe()
+    else:
+        pid = e.container_pid
+        assert pid and e.sync_msg == {"data": pid}, e.describe()
+        e.client.read_until(lambda o: o.get(2) == b"started\n", 5)
+        assert pid in container_procs(sleeper.container_pid)
+        assert e.client.read_until_eof(10) == {2: b"started\n"}
+        assert e.wait_exit_file() == -1
+        assert e.read_sync(10) == {"data": -1, "message": "command timed out"}
+        wait_pid_gone(pid, 5)  # the process was killed, not left behind
+    assert time.monotonic() - t0 < 8
+    # nothing but the container's own process is left in its cgroup
+    poll_until(lambda: container_procs(sleeper.container_pid) == [sleeper.container_pid], 5,
+               what="the timed-out exec to be gone")
+
+
+def test_exec_attach_waits_for_second_start_byte(testbed, monitor_bin, sleeper):
+    """Podman's sequence by hand: nothing runs before byte 2, so a client connected then sees all output."""
+    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", "echo first"], wait=False)
+    assert e.write_start()
+    e.wait_first(10)
+    assert e.attach_pipe.read(10) == {"data": 0}, e.describe()
+    assert os.path.exists(e.attach_path)
+    with pytest.raises(TimeoutError):
+        e.read_sync(0.5)  # the runtime child waits for the second byte: no pid yet
+    assert read_pidfile(e.pidfile) is None
+    client = e.attach()
+    assert e.write_start()
+    msg = e.read_sync(10)
+    assert msg["data"] > 0, e.describe()
+    assert client.read_until_eof(10) == {2: b"first\n"}
+    assert e.wait_exit_file() == 0
+    assert e.read_sync(10) == {"data": 0}
+
+
+def test_exec_attach_first_bytes_repeatedly(testbed, monitor_bin, sleeper):
+    for i in range(5):
+        e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", f"echo first{i}; echo err{i} >&2"])
+        assert e.client.read_until_eof(10) == {2: f"first{i}\n".encode(), 3: f"err{i}\n".encode()}
+        assert e.wait_exit_file() == 0
+
+
+def podman_exec_by_hand(testbed, monitor_bin, container, args, ctl_line=None, **kw):
+    """run_exec's Podman sequence step by step, with the initial ``1 ROWS COLS`` before byte 2 (PODMAN 5.2)."""
+    e = testbed.exec(monitor_bin, container, args, wait=False, **kw)
+    assert e.write_start()
+    e.wait_first(10)
+    assert e.attach_pipe.read(10) == {"data": 0}, e.describe()
+    if ctl_line is not None:
+        write_ctl(e.bundle, ctl_line)
+    e.client = e.attach()
+    assert e.write_start()
+    e.sync_msg = e.read_sync(10)
+    assert e.sync_msg["data"] > 0, e.describe()
+    e.container_pid = e.sync_msg["data"]
+    return e
+
+
+def test_exec_it(testbed, monitor_bin, sleeper):
+    """``podman exec -it``: -t and -i, process.terminal true; in and out through the pty, all stream 2."""
+    e = podman_exec_by_hand(testbed, monitor_bin, sleeper,
+                            ["sh", "-c", 'read x; echo "got $x"; stty size; tty; exit 4'],
+                            ctl_line="1 24 80\n", terminal=True, stdin=True)
+    with open(e.exec_spec) as f:
+        assert json.load(f)["terminal"] is True
+    e.client.send(b"hello\n")
+    out = e.client.read_until_eof(10)
+    # the pty echoes the input; the size Podman wrote to ctl before the pty existed applies
+    assert out == {2: b"hello\r\ngot hello\r\n24 80\r\n/dev/pts/0\r\n"}
+    assert e.wait_exit_file() == 4
+    assert e.read_sync(10) == {"data": 4}
+
+
+def test_exec_i_pipes_stdin(testbed, monitor_bin, sleeper):
+    """``podman exec -i`` (and healthchecks): stdin pipe; the client's EOF closes it."""
+    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", "cat; echo done >&2; tty || exit 6"], stdin=True,
+                     terminal=False)
+    e.client.send(b"abc\n")
+    e.client.read_until(lambda o: o.get(2) == b"abc\n", 10)
+    e.client.send(b"def")
+    e.client.shutdown_write()
+    out = e.client.read_until_eof(10)
+    assert out == {2: b"abc\ndefnot a tty\n", 3: b"done\n"}
+    assert e.wait_exit_file() == 6
+
+
+def test_exec_t_in_tty_container_resize(testbed, monitor_bin):
+    """``podman exec -t`` in a ``-t`` container: its own pty, resized through the exec bundle's ctl."""
+    m = testbed.run(monitor_bin, ["sleep", "60"], terminal=True)
+    assert m.container_pid, m.describe()
+    e = podman_exec_by_hand(testbed, monitor_bin, m, ["sh", "-c", WAIT_RESIZE], ctl_line="1 10 20\n")
+    out = resize_and_read(e, e.client, "ctl", "1 11 21\n")
+    assert out == b"first 10 20\r\nnow 11 21\r\n"
+    assert e.wait_exit_file() == 0
