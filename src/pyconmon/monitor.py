@@ -184,9 +184,11 @@ class Monitor:
         opts = self.opts
         env = dict(os.environ)
         try:
-            rewrite_listen_pid = listen_pid_env(env, os.getppid() if opts.sync else self._caller_pid,
-                                                opts.replace_listen_pid)
+            # conmon compares with getppid() in the runtime child: LISTEN_PID names the monitor
+            # itself (started with --sync by a socket unit), never the caller.
+            rewrite_listen_pid = listen_pid_env(env, os.getpid(), opts.replace_listen_pid)
         except ListenPidError as err:
+            self.sync.send(-1, str(err))  # conmon's runtime child fails with this text on the sync pipe
             raise Fatal(str(err)) from None
         preserved = range(3, 3 + preserved_fd_count(opts))
         child_fds = self.stdio.child_fds if self.stdio is not None else None
@@ -219,8 +221,6 @@ class Monitor:
                 finally:
                     os._exit(127)
         return pid
-
-    _caller_pid = 0
 
     def _read_pidfile(self) -> int:
         path = self.opts.container_pidfile
@@ -445,7 +445,6 @@ def run(opts: Options) -> int:
     _signal.signal(SIGPIPE, _signal.SIG_IGN)
     _signal.signal(SIGINT, _signal.SIG_DFL)  # like C until the loop forwards it; never KeyboardInterrupt
     tune_malloc()
-    caller_pid = os.getppid()
 
     if "passthrough" in opts.log_kinds():
         for fd in (0, 1, 2):
@@ -523,7 +522,6 @@ def run(opts: Options) -> int:
     sync = SyncPipe(sync_fd, key)
     attach_pipe = SyncPipe(attach_fd, "data") if attach_fd is not None else None
     monitor = Monitor(opts, diag, sync, attach_pipe, start_fd, inherited, old_oom, sinks)
-    monitor._caller_pid = caller_pid
     try:
         return monitor.run()
     except Fatal as err:

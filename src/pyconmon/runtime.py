@@ -65,7 +65,9 @@ class ListenPidError(ValueError):
 def listen_pid_env(env: dict[str, str], parent_pid: int, replace: bool) -> bool:
     """Whether LISTEN_PID must be rewritten to the runtime child's pid.
 
-    Raises ListenPidError for a LISTEN_PID that isn't a positive number.
+    ``parent_pid`` is the runtime child's parent, the monitor itself (what
+    conmon's ``getppid()`` in that child returns).  Raises ListenPidError
+    for a LISTEN_PID that isn't a positive number.
     """
     value = env.get("LISTEN_PID")
     if value is None:
