@@ -1,0 +1,43 @@
+"""The installed monitor, as users get it: ``make`` + ``make podman PREFIX=<dir>``.
+
+Builds in a private BUILDDIR (never the checkout's build/, which other test
+runs may be rebuilding for another PREFIX) and installs under ``base``; the
+result is ``<base>/prefix/libexec/podman/conmon``, the path Podman is then
+pointed at.  Calling it again with the same ``base`` reuses the install, so
+several test modules can share one build per session.
+"""
+
+import os
+import shutil
+import subprocess
+
+from . import REPO
+
+
+def unavailable_reason():
+    """Why the launcher cannot be built here, or None."""
+    if not shutil.which("make"):
+        return "make is not installed"
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        return "no C compiler"
+    if not os.path.exists("/usr/bin/python3-config"):
+        return "Debian's python3-dev is not installed (see .ci/run)"
+    return None
+
+
+def install_podman_conmon(base):
+    """Build and install into ``base`` (once); return the installed monitor's path."""
+    base = str(base)
+    prefix = os.path.join(base, "prefix")
+    conmon = os.path.join(prefix, "libexec", "podman", "conmon")
+    if os.access(conmon, os.X_OK):
+        return conmon
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "DESTDIR", "PREFIX")}
+    build = os.path.join(base, "build")
+    for target in ("all", "podman"):
+        r = subprocess.run(["make", "-s", "-C", REPO, f"BUILDDIR={build}", f"PREFIX={prefix}", target],
+                           env=env, capture_output=True, text=True, timeout=300, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"make {target} failed:\n{r.stdout}\n{r.stderr}")
+    return conmon
