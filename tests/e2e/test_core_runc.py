@@ -1,0 +1,650 @@
+"""The core monitor with real runc on busybox bundles (issue 2, "What it must show").
+
+Each test starts a monitor the way Podman does (``testbed.run``, style
+``podman``) unless it says otherwise, and checks what a caller can observe:
+exit files, sync messages, the k8s-file log, attach packets, pid files and
+the monitor's own stdio. Tests that take ``monitor_bin`` run against C conmon
+(/usr/bin/conmon) too, where it behaves the same; the rest are pyconmon's
+own (better-than-conmon behaviour, or texts C conmon words differently).
+"""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from support import LAUNCHER, RUNC
+from support.harness import (
+    Deadline,
+    container_state,
+    join_lines,
+    parse_k8s_timestamp,
+    pid_alive,
+    poll_until,
+    read_exit_file,
+    read_k8s_log,
+    wait_pid_gone,
+)
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def no_pid_ns(spec):
+    """Bundle edit: share the host pid namespace, so the container process is
+    not a namespace init and can die of its own (or an unhandled) signal."""
+    ns = spec["linux"]["namespaces"]
+    spec["linux"]["namespaces"] = [n for n in ns if n["type"] != "pid"]
+
+
+def runc_kill(cid, sig):
+    subprocess.run([RUNC, "kill", cid, sig], check=True, capture_output=True, timeout=30)
+
+
+def log_has(m, needle, stream="stdout"):
+    return any(x.stream == stream and needle in x.content for x in m.log_lines())
+
+
+def drain(client, timeout=30.0):
+    """Read ``client`` until EOF; {stream id: bytes}. (Joins once: AttachClient.output() is
+    quadratic in the number of packets, too slow for megabytes.)"""
+    dl = Deadline(timeout)
+    while client.recv(dl.left()) is not None:
+        pass
+    out = {}
+    for stream in sorted({s for s, _ in client.packets}):
+        out[stream] = b"".join(d for s, d in client.packets if s == stream)
+    return out
+
+
+def read_all(clients, timeout=30.0):
+    """Read every client until EOF at the same time (so none stalls C conmon's blocking writes)."""
+    errors = []
+    outs = {}
+
+    def run(c):
+        try:
+            outs[id(c)] = drain(c, timeout)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 5)
+    assert not errors, errors
+    return [outs[id(c)] for c in clients]
+
+
+def check_records(recs):
+    """Invariants of every k8s-file log: valid timestamps, tags, record size."""
+    for r in recs:
+        parse_k8s_timestamp(r.timestamp)
+        assert r.stream in ("stdout", "stderr")
+        assert r.tag in ("P", "F")
+        assert len(r.content) <= 8192, (r.stream, r.tag, len(r.content))
+
+
+def stderr_of(m):
+    """The first process's stderr, once every holder of the pipe let go (the reader is a thread)."""
+    assert m.wait_stdio_eof(10), "the caller's stdout/stderr pipes are still held open"
+    return m.stderr
+
+
+def write_script(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    return path
+
+
+# --------------------------------------------------------------------------
+# exit codes
+
+
+EXIT_CASES = {
+    # name: (command, share host pid ns, runc kill signal or None, expected code)
+    "exit0": (["true"], False, None, 0),
+    "exit3": (["sh", "-c", "exit 3"], False, None, 3),
+    "self-sigkill": (["sh", "-c", "kill -KILL $$; exit 1"], True, None, 137),
+    "self-sigterm": (["sh", "-c", "kill -TERM $$; exit 1"], True, None, 143),
+    "runc-kill-KILL": (["sleep", "100"], False, "KILL", 137),
+    "runc-kill-TERM": (["sleep", "100"], True, "TERM", 143),
+}
+
+
+@pytest.mark.parametrize("case", list(EXIT_CASES))
+def test_exit_codes(testbed, monitor_bin, case):
+    args, host_pid_ns, kill, code = EXIT_CASES[case]
+    kw = {"bundle_kw": {"edit": no_pid_ns}} if host_pid_ns else {}
+    m = testbed.run(monitor_bin, args, **kw)
+    assert m.sync_msg == {"data": m.container_pid}, m.describe()
+    if kill:
+        runc_kill(m.cid, kill)
+    assert m.wait_exit_file() == code
+    with open(m.exit_file, "rb") as f:
+        assert f.read() == str(code).encode()  # no newline
+    m.wait(10)
+    assert not pid_alive(m.pid)
+    assert not pid_alive(m.container_pid)
+
+
+# --------------------------------------------------------------------------
+# signals sent to the monitor reach the container
+
+
+TRAPS = ("trap 'echo got-TERM; exit 42' TERM; trap 'echo got-INT; exit 43' INT; "
+         "trap 'echo got-QUIT; exit 44' QUIT; echo ready; while :; do usleep 20000; done")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 42), (signal.SIGINT, 43), (signal.SIGQUIT, 44)],
+                         ids=["TERM", "INT", "QUIT"])
+def test_signal_forwarding(testbed, monitor_bin, sig, code):
+    m = testbed.run(monitor_bin, ["sh", "-c", TRAPS])
+    poll_until(lambda: log_has(m, b"ready"), what="container ready")
+    assert pid_alive(m.pid)
+    os.kill(m.pid, sig)
+    assert m.wait_exit_file() == code, m.describe()
+    assert log_has(m, f"got-{sig.name[3:]}".encode())
+    m.wait(10)
+
+
+def test_signal_forwarding_untrapped_term(testbed):
+    """A container that doesn't trap SIGTERM (and isn't a namespace init) dies of it: 143."""
+    m = testbed.run(LAUNCHER, ["sleep", "100"], bundle_kw={"edit": no_pid_ns})
+    os.kill(m.pid, signal.SIGTERM)
+    assert m.wait_exit_file() == 143
+    m.wait(10)
+
+
+# --------------------------------------------------------------------------
+# --timeout
+
+
+@pytest.mark.parametrize("form", ["podman", "equals", "space", "short"])
+def test_timeout(testbed, monitor_bin, form):
+    kw = {}
+    if form == "podman":
+        kw["timeout"] = 1  # Podman's own spelling: --timeout=1
+    else:
+        kw["extra_args"] = {"equals": ["--timeout=1"], "space": ["--timeout", "1"], "short": ["-T", "1"]}[form]
+    t0 = time.monotonic()
+    m = testbed.run(monitor_bin, ["sleep", "100"], **kw)
+    assert m.wait_exit_file(15) == -1, m.describe()
+    elapsed = time.monotonic() - t0
+    # C conmon's g_timeout_add_seconds() fires on GLib's whole-second grid: up to a second early.
+    assert (0.95 if monitor_bin == LAUNCHER else 0.0) <= elapsed < 10, elapsed
+    with open(m.exit_file, "rb") as f:
+        assert f.read() == b"-1"
+    assert not pid_alive(m.container_pid)
+    state = container_state(m.cid)
+    assert state is None or state["status"] == "stopped", state
+    m.wait(10)
+
+
+# --------------------------------------------------------------------------
+# exit command
+
+
+EXIT_ARGS = ["plain", "with space", "$HOME", "*", "a;b|c", "--dash", "x'y\"z"]
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+def test_exit_command(testbed, monitor_bin, delay):
+    workdir = testbed.workdir()
+    out = os.path.join(workdir, "exitcmd")
+    os.mkdir(out)
+    exit_file_path = os.path.join(workdir, "exits")  # + cid, below
+    script = write_script(os.path.join(out, "cmd"), f"""#!/bin/sh
+# argv, NUL-separated; the time; whether the exit file was there already
+now=$(date +%s.%N)
+for a in "$0" "$@"; do printf '%s\\0' "$a"; done > {out}/args.tmp
+[ -e "{exit_file_path}/$EXPECT_CID" ] && echo yes > {out}/seen
+echo "$now" > {out}/when.tmp
+mv {out}/args.tmp {out}/args
+mv {out}/when.tmp {out}/when
+""")
+    cid = testbed.cid()
+    extra = ["--exit-delay", str(delay)] if delay else []
+    m = testbed.run(monitor_bin, ["sh", "-c", "exit 5"], workdir=workdir, cid=cid,
+                    exit_command=[script, *EXIT_ARGS], extra_args=extra, env_extra={"EXPECT_CID": cid})
+    assert m.wait_exit_file() == 5
+    exit_mtime = os.stat(m.exit_file).st_mtime
+    poll_until(lambda: os.path.exists(os.path.join(out, "when")), timeout=delay + 10, what="exit command")
+    with open(os.path.join(out, "args"), "rb") as f:
+        argv = f.read().split(b"\0")[:-1]
+    assert [a.decode() for a in argv] == [script, *EXIT_ARGS]
+    assert os.path.exists(os.path.join(out, "seen")), "exit command ran before the exit file existed"
+    with open(os.path.join(out, "when")) as f:
+        ran_at = float(f.read())
+    assert ran_at >= exit_mtime + delay - 0.05, (ran_at - exit_mtime, delay)
+    assert ran_at - exit_mtime < delay + 5
+    m.wait(10)
+
+
+def test_exit_command_status_is_monitor_status(testbed):
+    """--sync: the monitor exits with the exit command's status when it is non-zero (CONTRACT 2.18)."""
+    script = write_script(os.path.join(testbed.workdir(), "fail"), "#!/bin/sh\nexit 7\n")
+    m = testbed.run(LAUNCHER, ["true"], exit_command=[script], extra_args=["--sync"], wait=False)
+    m.container_pid = m.read_sync()["data"]  # the first process is the monitor: it stays
+    m.start_container()
+    assert m.wait_exit_file() == 0
+    assert m.wait_first(10) == 7
+
+
+# --------------------------------------------------------------------------
+# the runtime: missing, not executable, failing
+
+
+def _nothing_started(m):
+    assert m.sync.read(5) is None, "a sync message from a monitor that should not have started"
+    assert not os.path.exists(m.conmon_pidfile)
+    assert read_exit_file(m.exit_file) is None
+    assert container_state(m.cid) is None
+
+
+@pytest.mark.parametrize("kind", ["missing", "not-executable", "directory"])
+def test_runtime_invalid(testbed, kind):
+    wd = testbed.workdir()
+    rt = os.path.join(wd, "rt")
+    if kind == "not-executable":
+        write_script(rt, "#!/bin/sh\nexit 0\n")
+        os.chmod(rt, 0o644)
+    elif kind == "directory":
+        os.mkdir(rt)
+    m = testbed.run(LAUNCHER, ["true"], start=False, read_sync=False, extra_args=["-r", rt])
+    assert m.first_status == 1
+    err = stderr_of(m)
+    assert err == f"[conmon:e]: Runtime path {rt} is not valid\n".encode() or \
+        err.startswith(f"[conmon:e]: Runtime path {rt} is not valid:".encode()), err
+    _nothing_started(m)
+
+
+def test_runtime_invalid_c_conmon_same_prefix(testbed):
+    """C conmon words it the same way (it appends strerror without a colon)."""
+    rt = os.path.join(testbed.workdir(), "nope")
+    m = testbed.run("/usr/bin/conmon", ["true"], start=False, read_sync=False, extra_args=["-r", rt])
+    assert m.first_status == 1
+    assert stderr_of(m).startswith(f"[conmon:e]: Runtime path {rt} is not valid".encode())
+
+
+FAILING_RUNTIME = """#!/bin/sh
+echo "fake runtime: it broke \\"badly\\"" >&2
+echo "second line" >&2
+exit 1
+"""
+
+
+def test_runtime_fails(testbed, monitor_bin):
+    rt = write_script(os.path.join(testbed.workdir(), "rt"), FAILING_RUNTIME)
+    m = testbed.run(monitor_bin, ["true"], start=False, extra_args=["-r", rt])
+    assert m.first_status == 0  # the first process exits 0 after forking
+    assert m.sync_msg == {"data": -1, "message": 'fake runtime: it broke "badly"\nsecond line\n'}, m.describe()
+    assert m.sync.read(5) is None  # and nothing else
+    m.wait(10)
+    assert not pid_alive(m.pid)
+    assert read_exit_file(m.exit_file) is None
+    assert not os.listdir(m.exit_dir)
+
+
+def test_runtime_fails_crio_legacy_key(testbed, monitor_bin):
+    rt = write_script(os.path.join(testbed.workdir(), "rt"), FAILING_RUNTIME)
+    m = testbed.run(monitor_bin, ["true"], style="crio", start=False, extra_args=["-r", rt])
+    assert m.sync_msg == {"pid": -1, "message": 'fake runtime: it broke "badly"\nsecond line\n'}, m.describe()
+    m.wait(10)
+    assert not os.listdir(m.exit_dir)
+    assert not os.path.exists(os.path.join(m.persist_dir, "exit"))
+
+
+def test_runtime_fails_sync_mode_status(testbed):
+    """With --sync the monitor is the caller's child: it exits 1 after reporting -1."""
+    rt = write_script(os.path.join(testbed.workdir(), "rt"), FAILING_RUNTIME)
+    m = testbed.run(LAUNCHER, ["true"], start=False, extra_args=["-r", rt, "--sync"])
+    assert m.sync_msg["data"] == -1
+    assert m.first_status == 1
+
+
+# --------------------------------------------------------------------------
+# validation errors, through the launcher
+
+
+def _base(tmp, **drop):
+    args = {"-c": "c" * 64, "-u": "c" * 64, "-r": RUNC, "-l": f"k8s-file:{tmp}/log"}
+    for k in drop:
+        args.pop({"cid": "-c", "cuuid": "-u", "runtime": "-r", "log": "-l"}[k])
+    out = []
+    for k, v in args.items():
+        out += [k, v]
+    return out
+
+
+VALIDATION = [
+    # (id, args builder(tmp), expected stderr line)
+    ("no-cid", lambda t: _base(t, cid=1), "conmon: Container ID not provided. Use --cid"),
+    ("no-cuuid", lambda t: _base(t, cuuid=1), "[conmon:e]: Container UUID not provided. Use --cuuid"),
+    ("no-runtime", lambda t: _base(t, runtime=1), "[conmon:e]: Runtime path not provided. Use --runtime"),
+    ("no-log-path", lambda t: _base(t, log=1), "[conmon:e]: Log driver not provided. Use --log-path"),
+    ("exec-no-spec", lambda t: [*_base(t), "-e"],
+     "[conmon:e]: Exec process spec path not provided. Use --exec-process-spec"),
+    ("exec-and-restore", lambda t: [*_base(t), "-e", "--exec-process-spec", f"{t}/p", "--restore", t],
+     "[conmon:e]: Cannot use 'exec' and 'restore' at the same time"),
+    ("attach-no-exec", lambda t: [*_base(t), "--exec-attach", "--api-version"],
+     "[conmon:e]: Attach can only be specified with exec"),
+    ("attach-legacy", lambda t: [*_base(t), "-e", "--exec-attach", "--exec-process-spec", f"{t}/p"],
+     "[conmon:e]: Attach can only be specified for a non-legacy exec session"),
+    ("exit-delay", lambda t: [*_base(t), "--exit-delay", "-1"],
+     "[conmon:e]: Delay before invoking exit command must be greater than or equal to 0"),
+    ("empty-log-path", lambda t: [*_base(t, log=1), "-l", ""], "[conmon:e]: log-path must not be empty"),
+    ("k8s-no-file", lambda t: [*_base(t, log=1), "-l", "k8s-file:"], "[conmon:e]: k8s-file requires a filename"),
+    ("bad-driver", lambda t: [*_base(t, log=1), "-l", "bogus:/x"], "[conmon:e]: No such log driver bogus"),
+    ("k8s-tag", lambda t: [*_base(t), "--log-tag", "x"], "[conmon:e]: k8s-file doesn't support --log-tag"),
+    ("k8s-label", lambda t: [*_base(t), "--log-label", "A=b"], "[conmon:e]: k8s-file doesn't support --log-label"),
+    ("short-cid-journald", lambda t: ["-c", "abc", "-u", "abc", "-r", RUNC, "-l", "journald:"],
+     "[conmon:e]: Container ID must be longer than 12 characters"),
+    ("label-format", lambda t: [*_base(t, log=1), "-l", "journald:", "--log-label", "NOEQUALS"],
+     "[conmon:e]: Container labels must be in format LABEL=VALUE"),
+    ("label-name", lambda t: [*_base(t, log=1), "-l", "journald:", "--log-label", "lower=x"],
+     "[conmon:e]: Container label names must contain only uppercase letters, numbers and underscore"),
+    ("log-level", lambda t: [*_base(t), "--log-level", "loud"], "[conmon:e]: No such log level loud"),
+    ("max-files-negative", lambda t: [*_base(t), "--log-max-files", "-1"],
+     "[conmon:e]: conmon: log-max-files must be non-negative, got -1"),
+    ("max-files-rotate", lambda t: [*_base(t), "--log-rotate", "--log-max-files", "0"],
+     "[conmon:e]: conmon: log-max-files must be at least 1 when log-rotate is enabled, got 0"),
+    ("unknown-option", lambda t: [*_base(t), "--bogus"], "conmon: option parsing failed: Unknown option --bogus"),
+    ("missing-value", lambda t: [*_base(t), "--exit-dir"],
+     "conmon: option parsing failed: Missing argument for --exit-dir"),
+    ("bad-int", lambda t: [*_base(t), "--timeout", "soon"],
+     "conmon: option parsing failed: Cannot parse integer value \u201csoon\u201d for --timeout"),
+]
+
+
+@pytest.mark.parametrize("builder,expected", [(b, e) for _, b, e in VALIDATION], ids=[i for i, _, _ in VALIDATION])
+def test_validation_error(tmp_path, builder, expected):
+    before = set(os.listdir(tmp_path))
+    r = subprocess.run([LAUNCHER, *builder(str(tmp_path))], check=False, capture_output=True, timeout=30,
+                       cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, r
+    err = r.stderr.decode()
+    assert err.startswith(expected), err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert r.stdout == b""
+    assert set(os.listdir(tmp_path)) == before, "a refused command line created files"
+
+
+@pytest.mark.parametrize("var", ["_OCI_SYNCPIPE", "_OCI_STARTPIPE"])
+def test_bad_fd_in_environment(testbed, var):
+    """A pipe fd variable that isn't a number is fatal before anything starts (CONTRACT 2.4)."""
+    wd = testbed.workdir()
+    cid = testbed.cid()
+    bundle = testbed.bundle(["true"])
+    env = {"PATH": os.environ["PATH"], var: "three"}
+    r = subprocess.run([LAUNCHER, "-c", cid, "-u", cid, "-r", RUNC, "-b", bundle, "-l", f"{wd}/log",
+                        "--exit-dir", wd, "-P", f"{wd}/conmon.pid"], env=env, cwd=wd, capture_output=True,
+                       timeout=30, check=False)
+    assert r.returncode == 1, r
+    assert r.stderr.startswith(b"[conmon:e]: "), r.stderr
+    assert container_state(cid) is None
+    assert not os.path.exists(f"{wd}/conmon.pid")
+
+
+# --------------------------------------------------------------------------
+# pid files
+
+
+def test_pidfiles(testbed, monitor_bin):
+    m = testbed.run(monitor_bin, ["sleep", "100"])
+    with open(m.conmon_pidfile, "rb") as f:
+        raw = f.read()
+    assert raw.isdigit(), raw  # bare digits, no newline
+    assert int(raw) == m.pid != m.first_pid
+    assert pid_alive(m.pid)
+    with open(f"/proc/{m.pid}/cmdline", "rb") as f:
+        assert m.cid.encode() in f.read().split(b"\0")
+    with open(m.pidfile, "rb") as f:
+        assert int(f.read()) == m.container_pid
+    assert pid_alive(m.container_pid)
+    with open(f"/proc/{m.container_pid}/status") as f:
+        ppid = int(next(x for x in f if x.startswith("PPid:")).split()[1])
+    assert ppid == m.pid  # the monitor (a subreaper) is the container's parent
+    runc_kill(m.cid, "KILL")
+    assert m.wait_exit_file() == 137
+    wait_pid_gone(m.pid, 10)
+    assert not pid_alive(m.pid)
+
+
+# --------------------------------------------------------------------------
+# log drivers: passthrough, none
+
+
+def test_passthrough(testbed, monitor_bin):
+    m = testbed.run(monitor_bin, ["sh", "-c", "echo out; echo err >&2; echo more"], log_driver="passthrough",
+                    start=False)
+    assert m.container_pid, m.describe()
+    names = set(os.listdir(m.bundle))
+    assert not names & {"attach", "ctl", "winsz"}, names
+    m.start_container()
+    assert m.wait_exit_file() == 0
+    m.wait(10)
+    assert m.wait_stdio_eof(10)
+    assert m.stdout == b"out\nmore\n"
+    assert m.stderr == b"err\n"
+    assert not os.path.exists(m.log_path)
+
+
+@pytest.mark.parametrize("fd", [0, 1, 2])
+def test_passthrough_refuses_tty(testbed, fd):
+    """pyconmon only: a tty as the monitor's stdio would be handed to the container (TIOCSTI)."""
+    master, slave = os.openpty()
+    try:
+        where = {0: "first_stdin", 1: "first_stdout", 2: "first_stderr"}[fd]
+        m = testbed.run(LAUNCHER, ["true"], log_driver="passthrough", start=False, read_sync=False,
+                        **{where: slave})
+        assert m.first_status == 1
+        if fd != 2:
+            err = stderr_of(m)
+            assert err.startswith(b"[conmon:e]: ") and b"passthrough" in err, err
+        else:
+            os.set_blocking(master, False)
+            assert b"passthrough" in os.read(master, 4096)
+        assert m.sync.read(5) is None
+        assert container_state(m.cid) is None
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def test_none_driver(testbed, monitor_bin):
+    m = testbed.run(monitor_bin, ["sh", "-c", "echo hello; echo oops >&2"], log_driver="none", start=False)
+    assert m.container_pid, m.describe()
+    client = m.attach()
+    m.start_container()
+    assert client.read_until_eof(10) == {2: b"hello\n", 3: b"oops\n"}
+    assert m.wait_exit_file() == 0
+    assert not os.path.exists(m.log_path)
+    assert not [n for n in os.listdir(m.bundle) if n.endswith(".log")]
+
+
+def test_several_drivers(testbed):
+    """k8s-file twice plus none: both files get the same records."""
+    wd = testbed.workdir()
+    a, b = os.path.join(wd, "a.log"), os.path.join(wd, "b.log")
+    m = testbed.run(LAUNCHER, ["sh", "-c", "echo one; echo two >&2"], workdir=wd,
+                    log_driver=[f"k8s-file:{a}", b, "none"])
+    assert m.wait_exit_file() == 0
+    ra, rb = read_k8s_log(a), read_k8s_log(b)
+    assert sorted((r.stream, r.content) for r in ra) == [("stderr", b"two"), ("stdout", b"one")]
+    assert [(r.stream, r.tag, r.content) for r in ra] == [(r.stream, r.tag, r.content) for r in rb]
+
+
+# --------------------------------------------------------------------------
+# stdin
+
+
+def test_stdin_pipe(testbed, monitor_bin):
+    m = testbed.run(monitor_bin, ["cat"], stdin=True, start=False)
+    client = m.attach()
+    m.start_container()
+    client.send(b"hello\n")
+    client.send(b"world\n")
+    client.shutdown_write()  # stdin EOF: cat ends
+    assert client.read_until_eof(10) == {2: b"hello\nworld\n"}
+    assert m.wait_exit_file() == 0
+    assert [(x.stream, x.content) for x in m.log_lines()] == [("stdout", b"hello"), ("stdout", b"world")]
+
+
+def test_leave_stdin_open(testbed, monitor_bin):
+    m = testbed.run(monitor_bin, ["cat"], stdin=True, start=False, extra_args=["--leave-stdin-open"])
+    c1 = m.attach()
+    m.start_container()
+    c1.send(b"one\n")
+    c1.read_until(lambda o: o.get(2, b"").endswith(b"one\n"))
+    c1.shutdown_write()
+    c1.close()
+    # stdin is still open: a second client's input still reaches cat
+    c2 = m.attach()
+    c2.send(b"two\n")
+    assert c2.read_until(lambda o: b"two\n" in o.get(2, b"")) == {2: b"two\n"}
+    assert read_exit_file(m.exit_file) is None
+    assert container_state(m.cid)["status"] == "running"
+    runc_kill(m.cid, "KILL")
+    assert m.wait_exit_file() == 137
+    assert [x.content for x in m.log_lines()] == [b"one", b"two"]
+
+
+def test_stdin_without_attach_client_gets_eof_at_client_close(testbed):
+    """Without --leave-stdin-open, closing the client completely (not just SHUT_WR) closes stdin too."""
+    m = testbed.run(LAUNCHER, ["sh", "-c", "cat; echo done"], stdin=True, start=False)
+    c = m.attach()
+    m.start_container()
+    c.send(b"x\n")
+    c.read_until(lambda o: b"x\n" in o.get(2, b""))
+    c.close()
+    assert m.wait_exit_file() == 0
+    assert [x.content for x in m.log_lines()] == [b"x", b"done"]
+
+
+# --------------------------------------------------------------------------
+# the attach socket
+
+
+def test_two_clients_every_byte_in_order(testbed, monitor_bin):
+    m = testbed.run(monitor_bin, ["sh", "-c", "seq 1 20000; echo to-stderr >&2; seq 20001 20100"], start=False)
+    c1, c2 = m.attach(), m.attach()
+    m.start_container()
+    o1, o2 = read_all([c1, c2])
+    expected = "".join(f"{i}\n" for i in range(1, 20001)).encode() + "".join(
+        f"{i}\n" for i in range(20001, 20101)).encode()
+    assert o1 == o2 == {2: expected, 3: b"to-stderr\n"}
+    assert c1.max_packet <= 8193 and c2.max_packet <= 8193
+    assert m.wait_exit_file() == 0
+
+
+def test_stuck_client_does_not_stall(testbed):
+    """pyconmon only: C conmon blocks on a client that stops reading (CONTRACT 4).
+
+    One client connects and never reads while the container writes 20 MB
+    (in 100 kB bursts, so that a reading client can keep up on 2 cores);
+    the container still finishes, the log is complete, the reading client
+    gets everything in order and the stuck one is dropped (EOF after a
+    bounded prefix)."""
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyz!\n"
+    assert len(line) == 100
+    bursts, per_burst = 200, 1000
+    cmd = (f"i=0; while [ $i -lt {bursts} ]; do yes '{line[:-1].decode()}' | head -n {per_burst}; "
+           "usleep 5000; i=$((i+1)); done")
+    m = testbed.run(LAUNCHER, ["sh", "-c", cmd], start=False)
+    stuck = m.attach()
+    reader = m.attach()
+    done = []
+    t = threading.Thread(target=lambda: done.append(drain(reader, 60)))
+    t.start()
+    m.start_container()
+    assert m.wait_exit_file(60) == 0
+    t.join(65)
+    assert done, "the reading client got no EOF"
+    expected = line * bursts * per_burst
+    got = done[0].get(2, b"")
+    assert len(got) == len(expected) and got == expected, len(got)
+    assert reader.max_packet <= 8193
+    lines = m.log_lines()
+    assert len(lines) == bursts * per_burst and all(x.content == line[:-1] and x.complete for x in lines)
+    check_records(m.log_records())
+    stuck_got = drain(stuck, 10).get(2, b"")
+    assert len(stuck_got) < len(expected) // 2, "the stuck client was not dropped"
+    assert expected.startswith(stuck_got)
+    m.wait(10)
+
+
+# --------------------------------------------------------------------------
+# what gets logged: long lines, partial lines, binary output, floods
+
+
+def test_long_lines(testbed, monitor_bin):
+    cmd = "head -c 20000 /dev/zero | tr '\\0' x; echo; echo short; head -c 8192 /dev/zero | tr '\\0' y; echo"
+    m = testbed.run(monitor_bin, ["sh", "-c", cmd], start=False)
+    c = m.attach()
+    m.start_container()
+    out = c.read_until_eof(10)
+    assert out == {2: b"x" * 20000 + b"\nshort\n" + b"y" * 8192 + b"\n"}
+    assert c.max_packet <= 8193
+    assert m.wait_exit_file() == 0
+    recs = m.log_records()
+    check_records(recs)
+    lines = join_lines(recs)
+    assert [(x.content, x.complete) for x in lines] == [(b"x" * 20000, True), (b"short", True), (b"y" * 8192, True)]
+    first_f = next(i for i, r in enumerate(recs) if r.tag == "F")
+    xs = recs[:first_f + 1]  # the 20000-byte line: P pieces, then F (maybe empty: echo writes the \n)
+    assert len(xs) >= 3 and [r.tag for r in xs] == ["P"] * (len(xs) - 1) + ["F"]
+
+
+def test_no_trailing_newline(testbed, monitor_bin):
+    m = testbed.run(monitor_bin, ["sh", "-c", "echo one; printf two"])
+    assert m.wait_exit_file() == 0
+    recs = m.log_records()
+    check_records(recs)
+    assert [(r.stream, r.tag, r.content) for r in recs] == [("stdout", "F", b"one"), ("stdout", "P", b"two")]
+    with open(m.log_path, "rb") as f:
+        assert f.read().endswith(b" stdout P two\n")
+
+
+def test_binary_output(testbed, monitor_bin):
+    data = b"a\0b\xff\xfe\xc3(c\n\0\n\x1b[31mred\x7f\n"
+    printf = "".join(f"\\{c:03o}" for c in data)
+    m = testbed.run(monitor_bin, ["sh", "-c", f"printf '{printf}'; printf '{printf}' >&2"], start=False)
+    c = m.attach()
+    m.start_container()
+    assert c.read_until_eof(10) == {2: data, 3: data}
+    assert m.wait_exit_file() == 0
+    for stream in ("stdout", "stderr"):
+        got = b"".join(x.content + b"\n" for x in m.log_lines() if x.stream == stream)
+        assert got == data
+
+
+@pytest.mark.parametrize("how", ["seq-as-init", "shell-then-exit"])
+def test_hundred_thousand_lines(testbed, monitor_bin, how):
+    n = 100_000
+    cmd = ["seq", "1", str(n)] if how == "seq-as-init" else ["sh", "-c", f"seq 1 {n}; exit 0"]
+    m = testbed.run(monitor_bin, cmd)
+    assert m.wait_exit_file(60) == 0
+    recs = m.log_records()
+    check_records(recs)
+    lines = join_lines(recs)
+    assert all(x.stream == "stdout" and x.complete for x in lines)
+    got = [x.content for x in lines]
+    assert len(got) == n
+    assert got == [str(i).encode() for i in range(1, n + 1)]
+
+
+def test_flood_then_immediate_exit_both_streams(testbed):
+    """Both pipes full when the container exits: nothing is lost on either."""
+    n = 50_000
+    m = testbed.run(LAUNCHER, ["sh", "-c", f"seq 1 {n} >&2 & seq 1 {n}; wait"])
+    assert m.wait_exit_file(60) == 0
+    lines = m.log_lines()
+    for stream in ("stdout", "stderr"):
+        got = [x.content for x in lines if x.stream == stream]
+        assert got == [str(i).encode() for i in range(1, n + 1)], stream
