@@ -401,25 +401,46 @@ def test_global_size_cap_drops_output_and_never_blocks(testbed, monitor_bin, sys
 # reopen through ctl (the kubelet's rotation: rename, then ReopenContainerLog)
 
 
-def test_ctl_reopen_while_writing_loses_nothing(testbed, monitor_bin):
+@pytest.mark.parametrize("mode", ["moved-away", "in-place", "in-place-rotate"])
+def test_ctl_reopen_while_writing(testbed, monitor_bin, mode):
+    """Ctl ``2 0 0`` while the container writes as fast as it can.
+
+    moved-away: the kubelet renamed the log first; the union of both files
+    has every line once, in order. in-place: truncate-by-rename (a new
+    inode, what CRI-O waits for), the old lines gone, the new ones intact.
+    in-place-rotate: with --log-rotate the monitor moves it to PATH.1 itself.
+    """
+    extra = []
+    if mode == "in-place-rotate":
+        skip_c(monitor_bin, "no --log-rotate")
+        extra = ["--log-rotate", "--log-max-files", "1"]
     log = os.path.join(testbed.workdir("logs"), "ctr.log")
     script = 'i=0; while :; do echo "line $i"; i=$((i+1)); done'
-    m = run_podman(testbed, monitor_bin, ["sh", "-c", script], [f"k8s-file:{log}"])
+    m = run_podman(testbed, monitor_bin, ["sh", "-c", script], [f"k8s-file:{log}"], extra)
     assert m.container_pid, m.describe()
     poll_until(lambda: os.path.getsize(log) > 20_000, what="output in the log")
-    os.rename(log, log + ".1")  # the old file moved away first, like the kubelet
+    ino = os.stat(log).st_ino
+    if mode == "moved-away":
+        os.rename(log, log + ".1")  # the old file moved away first, like the kubelet
     write_ctl(m.bundle, "2 0 0\n")
-    poll_until(lambda: os.path.exists(log) and os.path.getsize(log) > 20_000, what="the reopened log")
+    poll_until(lambda: os.path.exists(log) and os.stat(log).st_ino != ino and os.path.getsize(log) > 20_000,
+               what="the reopened log")
     runc_kill(m.cid)
     assert m.wait_exit_file() == 137
-    old, new = read_k8s_log(log + ".1"), read_k8s_log(log)
-    assert old and new
+    old = read_k8s_log(log + ".1") if mode != "in-place" else []
+    new = read_k8s_log(log)
+    assert new and (old or mode == "in-place")
+    assert files_of(log) == (["ctr.log"] if mode == "in-place" else ["ctr.log", "ctr.log.1"])
     for r in old + new:
         parse_k8s_timestamp(r.timestamp)
         assert r.stream == "stdout" and r.tag in ("F", "P")
-    lines = join_lines(old + new)
-    assert all(x.complete for x in lines)
-    assert [x.content for x in lines] == [b"line %d" % i for i in range(len(lines))]  # each once, in order
+    lines = [x.content for x in join_lines(old + new)]
+    if mode == "in-place":  # the first line may have lost its start (a P record) with the old file
+        n = int(lines[1].split()[1])
+        assert n > 0 and (b"line %d" % (n - 1)).endswith(lines[0])
+        assert lines[1:] == [b"line %d" % i for i in range(n, n + len(lines) - 1)]
+    else:
+        assert lines == [b"line %d" % i for i in range(len(lines))]  # each once, in order
 
 
 # --------------------------------------------------------------------------
