@@ -5,16 +5,20 @@ reference for the wire format; where it differs from the contract the test
 says so and asserts the contract for pyconmon only.
 """
 
+import fcntl
 import json
 import os
 import random
+import re
 import signal
 import stat
+import struct
+import termios
 import time
 
 import pytest
 
-from support import LAUNCHER
+from support import LAUNCHER, MONITORS, RUNC
 from support.harness import (
     pid_alive,
     poll_until,
@@ -88,24 +92,24 @@ def test_tty_output_is_stdout_with_crlf(testbed, monitor_bin):
     assert [r.content for r in recs if r.tag == "F"] == [b"out\r", b"err\r"]
 
 
-# Prints the size at start, then waits (bounded) until it changes and prints it again.
-WAIT_RESIZE = ('first=$(stty size); echo "first $first"; i=0; '
-               'while [ "$(stty size)" = "$first" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; '
-               'echo "now $(stty size)"')
+def wait_size(rows, cols):
+    """A script that prints its size (``stty size``, empty with an error while 0x0), then ``ready``,
+    waits (10 s at most) until the pty is ROWSxCOLS and prints ``now <size>``."""
+    return (f'stty size; echo ready; i=0; while [ "$(stty size 2>/dev/null)" != "{rows} {cols}" ] '
+            f'&& [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; echo "now $(stty size)"')
 
 
-def resize_and_read(m, client, fifo, line):
-    client.read_until(lambda o: b"first" in o.get(2, b"") and b"\n" in o[2].split(b"first", 1)[1], 10)
-    write_ctl(m.bundle, line, name=fifo)
-    out = client.read_until_eof(15)[2]
-    return out
+def wait_ready(client):
+    client.read_until(lambda o: b"ready\r\n" in o.get(2, b""), 10)
 
 
 @pytest.mark.parametrize("fifo,line", [("ctl", "1 40 100\n"), ("winsz", "40 100\n")])
 def test_resize_seen_by_stty(testbed, monitor_bin, fifo, line):
-    m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", WAIT_RESIZE])
-    out = resize_and_read(m, client, fifo, line)
-    assert out.endswith(b"now 40 100\r\n"), out
+    m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", wait_size(40, 100)])
+    wait_ready(client)
+    write_ctl(m.bundle, line, name=fifo)
+    out = client.read_until_eof(15)[2]
+    assert out.endswith(b"ready\r\nnow 40 100\r\n"), out
     assert m.wait_exit_file() == 0
 
 
@@ -145,25 +149,43 @@ def _garbage_lines(rng, n):
     return out
 
 
+def fifo_pending(fd):
+    """Bytes written to a FIFO and not read yet."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
 def test_ctl_garbage_then_valid_resize(testbed):
-    """10,000 malformed ctl lines never stop the monitor; a later resize still works (pyconmon)."""
-    m, client = started_with_client(testbed, LAUNCHER, ["sh", "-c", WAIT_RESIZE.replace("0.05", "0.1")])
-    client.read_until(lambda o: b"first" in o.get(2, b"") and b"\n" in o[2].split(b"first", 1)[1], 10)
+    """10,000 malformed ctl (and 1,000 winsz) lines, written one by one, never stop the monitor nor
+    leave it spinning; a later resize still works (pyconmon).
+
+    C conmon 2.1.6 fails this: a line of more than 199 bytes arriving in two pieces makes it spin
+    (100% CPU), and this stream killed it (and the container) after ~130 lines.
+    """
+    m, client = started_with_client(testbed, LAUNCHER, ["sh", "-c", wait_size(33, 77)])
+    wait_ready(client)
     rng = random.Random(0x5eed)
-    data = b"".join(_garbage_lines(rng, 10_000))
-    # also one line of a few hundred KB and a burst of NULs with no newline at all
-    data += b"7" * 300_000 + b"\n" + b"\x00" * 70_000
-    fd = os.open(os.path.join(m.bundle, "ctl"), os.O_WRONLY)  # blocking: the monitor reads as we go
+    lines = _garbage_lines(rng, 10_000)
+    # a line of a few hundred KB, a burst of NULs, and a long partial line in two pieces
+    lines += [b"7" * 300_000 + b"\n", b"\x00" * 70_000, b"\n", b"x" * 100, b"y" * 150]
+    fds = {name: os.open(os.path.join(m.bundle, name), os.O_WRONLY) for name in ("ctl", "winsz")}
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view[:4096])
-            view = view[n:]
-        os.write(fd, b"\n1 33 77\n")  # the first \n ends whatever partial line is pending
+        for i, line in enumerate(lines):
+            os.write(fds["ctl"], line)  # blocking: the monitor reads as we go
+            if i % 10 == 0:
+                os.write(fds["winsz"], line)
+        for fd in fds.values():
+            poll_until(lambda fd=fd: fifo_pending(fd) == 0, 10, what="the monitor to read everything")
+        assert pid_alive(m.pid)
+        cpu0 = cpu_seconds(m.pid)
+        time.sleep(0.5)  # measuring idle CPU needs a span of time: nothing to poll
+        assert cpu_seconds(m.pid) - cpu0 < 0.1, "the monitor spins after the garbage"
+        assert container_procs(m.container_pid), "the container still runs"
+        os.write(fds["ctl"], b"\n1 33 77\n")  # the first \n ends whatever partial line is pending
     finally:
-        os.close(fd)
+        for fd in fds.values():
+            os.close(fd)
     out = client.read_until_eof(20)[2]
-    assert out.endswith(b"now 33 77\r\n"), out[-200:]
+    assert out.endswith(b"ready\r\nnow 33 77\r\n"), out[-200:]
     assert m.wait_exit_file() == 0
 
 
@@ -377,10 +399,116 @@ def test_exec_i_pipes_stdin(testbed, monitor_bin, sleeper):
 
 
 def test_exec_t_in_tty_container_resize(testbed, monitor_bin):
-    """``podman exec -t`` in a ``-t`` container: its own pty, resized through the exec bundle's ctl."""
+    """``podman exec -t`` in a ``-t`` container: its own pty gets the size Podman wrote to the exec
+    bundle's ctl before the pty existed, and follows a later resize."""
     m = testbed.run(monitor_bin, ["sleep", "60"], terminal=True)
     assert m.container_pid, m.describe()
-    e = podman_exec_by_hand(testbed, monitor_bin, m, ["sh", "-c", WAIT_RESIZE], ctl_line="1 10 20\n")
-    out = resize_and_read(e, e.client, "ctl", "1 11 21\n")
-    assert out == b"first 10 20\r\nnow 11 21\r\n"
+    # The runtime starts the process right after handing over the pty: the first size may
+    # land a moment after the process started (C conmon alike), so wait for it, bounded.
+    script = ('i=0; while [ "$(stty size 2>/dev/null)" != "10 20" ] && [ $i -lt 100 ]; do sleep 0.05; '
+              'i=$((i+1)); done; echo "initial $(stty size)"; ' + wait_size(11, 21))
+    e = podman_exec_by_hand(testbed, monitor_bin, m, ["sh", "-c", script], ctl_line="1 10 20\n")
+    wait_ready(e.client)
+    write_ctl(e.bundle, "1 11 21\n")
+    out = e.client.read_until_eof(10)[2]
+    assert out == b"initial 10 20\r\n10 20\r\nready\r\nnow 11 21\r\n"
     assert e.wait_exit_file() == 0
+
+
+# --------------------------------------------------------------------------
+# the runtime's command line, C conmon vs pyconmon
+
+SHIM = """#!/bin/sh
+printf '%s\\0' "$0" "$@" > "$(mktemp {log}/argv.XXXXXX)"
+exec {runc} "$@"
+"""
+
+
+class ArgvShim:
+    """A runtime that records each argv (one file per call) and then execs runc."""
+
+    def __init__(self, testbed):
+        d = testbed.workdir("shim")
+        self.log = os.path.join(d, "calls")
+        os.mkdir(self.log)
+        self.path = write_script(os.path.join(d, "runtime"), SHIM.format(log=self.log, runc=RUNC))
+
+    def take(self):
+        """The argvs recorded since the last call (oldest first), and forget them."""
+        calls = []
+        for name in os.listdir(self.log):
+            p = os.path.join(self.log, name)
+            with open(p, "rb") as f:
+                calls.append((os.stat(p).st_mtime_ns, f.read().decode().split("\0")[:-1]))
+            os.unlink(p)
+        return [argv for _, argv in sorted(calls)]
+
+
+def normalise(argv, replace, tmpdir):
+    """argv with run-specific paths replaced by placeholders; the console socket checked and hidden."""
+    out = []
+    for i, word in enumerate(argv):
+        if i > 0 and argv[i - 1] == "--console-socket":
+            assert word.startswith(os.path.join(tmpdir, "conmon-term.")), word  # in $TMPDIR
+            word = "<console-socket>"
+        for old, new in replace:
+            word = word.replace(old, new)
+        out.append(word)
+    return out
+
+
+CREATE_OPTS = ["--runtime-arg=--debug", "--runtime-opt", "--preserve-fds", "--runtime-opt", "0",
+               "--no-pivot", "--no-new-keyring"]
+
+
+@pytest.mark.parametrize("case", ["create-tty", "create-systemd", "restore"])
+def test_create_argv_matches_c_conmon(testbed, case):
+    shim = ArgvShim(testbed)
+    tmpdir = testbed.short_dir()
+    seen = {}
+    image = os.path.join(testbed.workdir("img"), "checkpoint")
+    for name, monitor in MONITORS.items():
+        extra = ["-r", shim.path, *CREATE_OPTS]
+        if case != "create-tty":
+            extra += ["-s"]  # runc fails without systemd cgroups here: only the argv matters
+        if case == "restore":
+            extra += ["--restore", image]  # no checkpoint there: runc fails, after the argv is recorded
+        m = testbed.run(monitor, ["echo", "hi"], terminal=(case != "create-systemd"), start=(case == "create-tty"),
+                        extra_args=extra, env_extra={"TMPDIR": tmpdir})
+        if case == "create-tty":
+            assert m.wait_exit_file() == 0, m.describe()
+            assert [r.content for r in m.log_records()] == [b"hi\r"]
+        else:
+            assert m.sync_msg["data"] == -1, m.describe()
+        calls = shim.take()
+        assert len(calls) == 1, calls
+        seen[name] = normalise(calls[0], [(m.workdir, "<W>"), (m.cid, "<CID>"), (shim.path, "<RT>")], tmpdir)
+    assert seen["pyconmon"] == seen["conmon"]
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["no-tty", "tty"])
+def test_exec_argv_matches_c_conmon(testbed, tty):
+    container = testbed.run(MONITORS["conmon"], ["sleep", "60"], terminal=tty)
+    assert container.container_pid, container.describe()
+    shim = ArgvShim(testbed)
+    tmpdir = testbed.short_dir()
+    seen = {}
+    for name, monitor in MONITORS.items():
+        e = testbed.exec(monitor, container, ["sh", "-c", "tty; exit 2"], terminal=tty, stdin=True,
+                         extra_args=["-r", shim.path, "--runtime-arg=--debug", "-s", "--no-pivot",
+                                     "--runtime-opt", "--preserve-fds", "--runtime-opt", "0"],
+                         env_extra={"TMPDIR": tmpdir})
+        assert e.container_pid, e.describe()
+        out = e.client.read_until_eof(10)
+        if tty:
+            assert set(out) == {2} and re.fullmatch(rb"/dev/pts/\d+\r\n", out[2]), out
+        else:
+            assert out == {2: b"not a tty\n"}
+        assert e.wait_exit_file() == 2
+        calls = shim.take()
+        assert len(calls) == 1, calls
+        replace = [(e.exec_spec, "<SPEC>"), (e.bundle, "<EB>"), (container.cid, "<CID>"), (shim.path, "<RT>")]
+        seen[name] = normalise(calls[0], replace, tmpdir)
+    assert seen["pyconmon"] == seen["conmon"]
+    assert ("--tty" in seen["pyconmon"]) == tty
+    assert "--systemd-cgroup" not in seen["pyconmon"] and "--no-pivot" not in seen["pyconmon"]  # create only
