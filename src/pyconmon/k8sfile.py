@@ -2,9 +2,10 @@
 
 Record: ``<local time, 9 fraction digits, +hh:mm> <stdout|stderr> <F|P> <content>\n``
 (CONTRACT section 5).  ``F`` ends a line, ``P`` is a piece of one; content is
-at most 8192 bytes.  Formatting works on whole chunks: the complete lines of a
-chunk become records with one ``split``/``join`` (C loops, no Python loop per
-line), and the batch goes out in one ``write``.  Only when a size limit is
+at most 8192 bytes.  A chunk is formatted in 8192-byte windows, each as conmon
+formats one of its 8192-byte reads, so the same output gives conmon's records;
+the complete lines of a window become records with one ``replace`` (no Python
+loop per line); the batch goes out in one ``write``.  Only when a size limit is
 near does the writer fall back to record-by-record writes, so that it can
 reopen the file between two records and a record never straddles files.
 
@@ -49,56 +50,27 @@ class Clock:
         return b"%s.%09d%s" % (self._head, frac, self._tail)
 
 
-def _pieces(full: bytes, part: bytes, line: bytes, ends_line: bool) -> bytes:
-    """Records for one line (or the unterminated tail) longer than a record."""
-    out = []
-    n = len(line)
-    for start in range(0, n, MAX_RECORD):
-        chunk = line[start:start + MAX_RECORD]
-        last = start + MAX_RECORD >= n
-        out.append((full if (last and ends_line) else part) + chunk + b"\n")
-    return b"".join(out)
-
-
-def has_long_line(body: bytes) -> bool:
-    """Whether some line of ``body`` is longer than a record can hold.
-
-    Jumps from the last newline of one 8 KiB window to the next, so it costs
-    a C-level ``rfind`` per 8 KiB, not a Python step per line.
-    """
-    pos = 0
-    end = len(body)
-    while end - pos > MAX_RECORD:
-        newline = body.rfind(b"\n", pos, pos + MAX_RECORD + 1)
-        if newline < 0:
-            return True
-        pos = newline + 1
-    return False
-
-
 def format_records(stamp: bytes, stream: int, data: bytes) -> bytes:
-    """All k8s-file records for one chunk of container output."""
+    """All k8s-file records for one chunk of container output.
+
+    conmon reads 8192 bytes at a time and ends each read's records with a
+    ``P`` piece when the read stops mid-line; pyconmon reads far more at once,
+    so it cuts the chunk into the reads conmon would have made: a line that
+    crosses a window boundary becomes ``P`` + ``F`` as it does with conmon,
+    and no record can exceed ``MAX_RECORD``.
+    """
     name = STREAM_NAMES[stream]
     full = stamp + b" " + name + b" F "
     part = stamp + b" " + name + b" P "
-    end = data.rfind(b"\n") + 1
-    out = b""
-    if end:
-        body = data[:end - 1]
-        if not has_long_line(body):
-            # The common case: one replace() makes every record of the chunk.
-            out = full + body.replace(b"\n", b"\n" + full) + b"\n"
-        else:
-            out = b"".join(
-                full + line + b"\n" if len(line) <= MAX_RECORD else _pieces(full, part, line, True)
-                for line in body.split(b"\n"))
-    if end < len(data):
-        tail = data[end:]
-        if len(tail) <= MAX_RECORD:
-            out += part + tail + b"\n"
-        else:
-            out += _pieces(full, part, tail, False)
-    return out
+    out = []
+    for start in range(0, len(data), MAX_RECORD):
+        window = data[start:start + MAX_RECORD]
+        end = window.rfind(b"\n") + 1
+        if end:
+            out.append(full + window[:end - 1].replace(b"\n", b"\n" + full) + b"\n")
+        if end < len(window):
+            out.append(part + window[end:] + b"\n")
+    return b"".join(out)
 
 
 def parse_records(text: bytes) -> list[tuple[bytes, bytes, bytes, bytes]]:

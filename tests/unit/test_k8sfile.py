@@ -114,9 +114,18 @@ def test_reopen_picks_up_moved_file(tmp_path):
     assert [r[3] for r in parse_records((tmp_path / "ctr.log.moved").read_bytes())] == [b"before"]
 
 
+def test_records_follow_conmons_8192_byte_reads():
+    """A chunk is formatted as conmon formats its 8192-byte reads (same output, same records)."""
+    recs = parse_records(format_records(b"T", 2, b"x" * MAX_RECORD + b"\n"))
+    assert [(r[2], len(r[3])) for r in recs] == [(b"P", MAX_RECORD), (b"F", 0)]
+    line = b"v" * 4999 + b"\n"
+    recs = parse_records(format_records(b"T", 2, line * 3))
+    assert [(r[2], len(r[3])) for r in recs] == [(b"F", 4999), (b"P", 3192), (b"F", 1807), (b"F", 4999)]
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=3 * MAX_RECORD), max_size=8))
-def test_has_long_line_matches_a_plain_check(lengths):
-    from pyconmon.k8sfile import has_long_line
-    body = b"\n".join(b"x" * n for n in lengths)
-    assert has_long_line(body) == any(n > MAX_RECORD for n in lengths)
+@given(st.binary(max_size=4 * MAX_RECORD), st.sampled_from([b"\n", b"ab\n", b"x" * 100 + b"\n"]))
+def test_chunk_equals_its_8192_byte_windows(noise, line):
+    data = (noise + line * 300)[:5 * MAX_RECORD]
+    windows = [data[i:i + MAX_RECORD] for i in range(0, len(data), MAX_RECORD)]
+    assert format_records(b"T", 3, data) == b"".join(format_records(b"T", 3, w) for w in windows)
