@@ -109,8 +109,9 @@ uninstall:
 test:
 	$(DEV_PYTHON) -m pytest -q tests
 
+# e.g. make bench ARGS="--quick" (python3 bench/bench.py --help)
 bench:
-	$(PYTHON) bench/bench.py
+	$(PYTHON) bench/bench.py $(ARGS)
 
 lint:
 	$(DEV_PYTHON) -m ruff check src tests
