@@ -9,9 +9,12 @@ loop per line); the batch goes out in one ``write``.  Only when a size limit is
 near does the writer fall back to record-by-record writes, so that it can
 reopen the file between two records and a record never straddles files.
 
-A write that fails (ENOSPC, EIO) warns once, drops the batch, truncates any
-partial record away so the file stays parseable, and logs again when writes
-succeed.
+A write that fails (ENOSPC, EIO) warns once, keeps the whole records that
+fitted, truncates the partial one away so the file stays parseable, drops the
+rest of the batch, and logs again when writes succeed.  On a disk that stays
+nearly full, big batches fail while small ones fit, so failures and successes
+alternate: the warning (and the matching "again") is repeated at most once
+every ``REWARN_AFTER`` seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from .diag import Diagnostics
 
 MAX_RECORD = 8192
+REWARN_AFTER = 60.0  # seconds between two "Failed to write" warnings for one file
 STREAM_NAMES = {2: b"stdout", 3: b"stderr"}
 
 
@@ -97,6 +101,8 @@ class K8sFileWriter:
         self.fd = -1
         self.size = 0
         self.failing = False
+        self._warned_at: float | None = None  # monotonic time of the last write warning
+        self._episode_warned = False  # the current run of failures was reported
         self._open()
 
     # -- files -------------------------------------------------------------
@@ -173,18 +179,26 @@ class K8sFileWriter:
                 done += os.write(fd, view[done:])
         except OSError as err:
             if done:
+                keep = out.rfind(b"\n", 0, done) + 1  # the whole records that fitted stay
                 try:
-                    os.ftruncate(fd, start)  # never leave half a record behind
+                    os.ftruncate(fd, start + keep)  # never leave half a record behind
+                    self.size = start + keep
                 except OSError:
-                    pass
-            self.failing = True
-            self.diag.warn_once("write:" + self.path, f"Failed to write to log file {self.path}: {err.strerror}; "
-                                "dropping output until it works again")
+                    self.size = start + done
+            if not self.failing:
+                self.failing = True
+                now = time.monotonic()
+                if self._warned_at is None or now - self._warned_at >= REWARN_AFTER:
+                    self._warned_at = now
+                    self._episode_warned = True
+                    self.diag.warn(f"Failed to write to log file {self.path}: {err.strerror}; "
+                                   "dropping output until it works again")
             return
         if self.failing:
             self.failing = False
-            self.diag.forget("write:" + self.path)
-            self.diag.info(f"Writing to log file {self.path} again")
+            if self._episode_warned:
+                self._episode_warned = False
+                self.diag.info(f"Writing to log file {self.path} again")
         self.size = start + done
 
     def flush(self) -> None:
