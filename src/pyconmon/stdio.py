@@ -119,7 +119,12 @@ class ContainerStdio:
     def make_console_socket(self, tmpdir: str) -> str:
         self.console = ConsoleSocket(tmpdir)
         self.loop.add(self.console.sock.fileno(), EPOLLIN, self._on_console)
-        self.child_fds = [-1, -1, -1]
+        # A stderr pipe even with a tty, as conmon has: it catches the runtime's own
+        # errors (for the sync pipe) before there is a pty.
+        r, w = os.pipe2(os.O_CLOEXEC)
+        _set_nonblocking(r)
+        self.sources.append(OutputSource(r, STDERR))
+        self.child_fds = [-1, -1, w]
         return self.console.path
 
     def _on_console(self, events: int) -> None:
@@ -142,10 +147,12 @@ class ContainerStdio:
         _set_nonblocking(master)
         self.pty_master = master
         self.stdin_fd = master
-        self.sources.append(OutputSource(master, STDOUT, is_pty=True))
+        src = OutputSource(master, STDOUT, is_pty=True)
+        self.sources.append(src)
         if self.on_pty is not None:
             self.on_pty()
-        self.watch_output()
+        # only the pty: the stderr pipe holds the runtime's errors until it has exited
+        self.loop.add(master, EPOLLIN, lambda ev: self._on_readable(src, ev))
 
     def close_child_ends(self) -> None:
         for fd in self.child_fds:

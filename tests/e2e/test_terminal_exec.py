@@ -92,6 +92,22 @@ def test_tty_output_is_stdout_with_crlf(testbed, monitor_bin):
     assert [r.content for r in recs if r.tag == "F"] == [b"out\r", b"err\r"]
 
 
+def test_tty_input_via_attach_survives_client_eof(testbed, monitor_bin):
+    """Input from attach clients goes to the pty; a client leaving doesn't close it (-t, no -i)."""
+    tmpdir = testbed.short_dir()
+    script = 'read a; echo "a=$a"; read b; echo "b=$b"'
+    m, first = started_with_client(testbed, monitor_bin, ["sh", "-c", script], env_extra={"TMPDIR": tmpdir})
+    assert os.listdir(tmpdir) == [], "the console socket is unlinked once the pty is there"
+    first.send(b"one\n")
+    first.read_until(lambda o: b"a=one\r\n" in o.get(2, b""), 10)
+    first.shutdown_write()
+    first.close()
+    second = m.attach()
+    second.send(b"two\n")
+    assert second.read_until_eof(10) == {2: b"two\r\nb=two\r\n"}
+    assert m.wait_exit_file() == 0
+
+
 def wait_size(rows, cols):
     """A script that prints its size (``stty size``, empty with an error while 0x0), then ``ready``,
     waits (10 s at most) until the pty is ROWSxCOLS and prints ``now <size>``."""
@@ -228,14 +244,18 @@ exit 0
 
 def test_runtime_did_not_set_up_terminal(testbed, monitor_bin):
     fake = write_script(os.path.join(testbed.workdir("rt"), "fake-runtime"), NO_CONSOLE_RUNTIME)
-    m = testbed.run(monitor_bin, ["true"], terminal=True, start=False, extra_args=["-r", fake])
+    tmpdir = testbed.short_dir()
+    m = testbed.run(monitor_bin, ["true"], terminal=True, start=False, extra_args=["-r", fake],
+                    env_extra={"TMPDIR": tmpdir})
     try:
         m.wait(10)
         if is_py(monitor_bin):
             assert m.sync_msg == {"data": -1, "message": "Runtime did not set up terminal"}, m.describe()
             assert m.read_sync(5) is None
+            assert os.listdir(tmpdir) == [], "console socket removed"
         else:
             # C conmon 2.1.6 only logs the error and exits: the caller reads EOF, no message
+            # (and it leaves $TMPDIR/conmon-term.XXXXXX behind)
             assert m.sync_msg is None, m.describe()
         assert not os.path.exists(m.exit_file)
     finally:
@@ -285,6 +305,14 @@ def test_exec_exit_codes_legacy(testbed, monitor_bin, sleeper):
         assert {(x.stream, x.content) for x in e.log_lines()} == {("stdout", b"out"), ("stderr", b"err")}
 
 
+def test_legacy_exec_with_tty(testbed, monitor_bin, sleeper):
+    """CRI-O ExecSync with a tty: output logged as stdout with CR LF."""
+    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", "echo out; echo err >&2; exit 3"], style="crio",
+                     terminal=True)
+    assert e.sync_msg == {"exit_code": 3}, e.describe()
+    assert [(r.stream, r.content) for r in e.log_records()] == [("stdout", b"out\r"), ("stdout", b"err\r")]
+
+
 NOT_FOUND = 'exec: "doesnotexist": executable file not found in $PATH'
 
 
@@ -307,10 +335,23 @@ def test_exec_that_fails_to_start_legacy(testbed, monitor_bin, sleeper):
     assert e.first_status == 1
 
 
+def test_tty_runtime_errors_reach_the_sync_pipe(testbed, monitor_bin, sleeper):
+    """With -t the runtime's stderr is still a pipe (there is no pty yet when it fails)."""
+    e = testbed.exec(monitor_bin, sleeper, ["doesnotexist"], terminal=True)
+    assert e.sync_msg["data"] == -1 and NOT_FOUND in e.sync_msg["message"], e.describe()
+    e = testbed.exec(monitor_bin, sleeper, ["doesnotexist"], terminal=True, style="crio")
+    assert e.sync_msg["exit_code"] == -1, e.describe()
+    assert NOT_FOUND.replace('"', '\\"') in e.sync_msg["message"], e.sync_msg
+    m = testbed.run(monitor_bin, ["/does/not/exist"], terminal=True, start=False)
+    assert m.sync_msg["data"] == -1, m.describe()
+    assert "stat /does/not/exist: no such file or directory" in m.sync_msg["message"]
+
+
 @pytest.mark.parametrize("style", ["podman", "crio"])
 def test_exec_timeout_kills(testbed, monitor_bin, sleeper, style):
     t0 = time.monotonic()
-    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", "echo started; exec sleep 30"], style=style, timeout=1)
+    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", "echo started; sleep 30 & exec sleep 31"], style=style,
+                     timeout=1)
     if style == "crio":
         assert e.sync_msg == {"exit_code": -1, "message": "command timed out"}, e.describe()
     else:
