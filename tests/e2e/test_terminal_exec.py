@@ -5,6 +5,7 @@ reference for the wire format; where it differs from the contract the test
 says so and asserts the contract for pyconmon only.
 """
 
+import concurrent.futures
 import fcntl
 import json
 import os
@@ -20,10 +21,12 @@ import pytest
 
 from support import LAUNCHER, MONITORS, RUNC
 from support.harness import (
+    new_cid,
     pid_alive,
     poll_until,
     read_exit_file,
     read_pidfile,
+    wait_for_path,
     wait_pid_gone,
     write_ctl,
 )
@@ -119,11 +122,22 @@ def wait_ready(client):
     client.read_until(lambda o: b"ready\r\n" in o.get(2, b""), 10)
 
 
-@pytest.mark.parametrize("fifo,line", [("ctl", "1 40 100\n"), ("winsz", "40 100\n")])
-def test_resize_seen_by_stty(testbed, monitor_bin, fifo, line):
+@pytest.mark.parametrize("fifo,pieces", [("ctl", ["1 40 100\n"]), ("winsz", ["40 100\n"]),
+                                         ("ctl", ["1 4", "0 10", "0\n"]), ("ctl", ["1 2 3\n1 40 100\n"])],
+                         ids=["ctl", "winsz", "ctl-split", "ctl-two-lines"])
+def test_resize_seen_by_stty(testbed, monitor_bin, fifo, pieces):
+    if len(pieces[0].splitlines()) > 1 and not is_py(monitor_bin):
+        pytest.skip("C conmon 2.1.6 parses the first line of a read once per line in it (sscanf on the "
+                    "buffer start): it applies 2x3 twice and never 40x100")
     m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", wait_size(40, 100)])
     wait_ready(client)
-    write_ctl(m.bundle, line, name=fifo)
+    fd = os.open(os.path.join(m.bundle, fifo), os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        for piece in pieces:  # each piece is read on its own
+            os.write(fd, piece.encode())
+            poll_until(lambda: fifo_pending(fd) == 0, 5, what="the monitor to read the piece")
+    finally:
+        os.close(fd)
     out = client.read_until_eof(15)[2]
     assert out.endswith(b"ready\r\nnow 40 100\r\n"), out
     assert m.wait_exit_file() == 0
@@ -139,6 +153,23 @@ def test_ctl_fifos_are_fifos_0660(testbed, monitor_bin):
         modes[name] = stat.S_IMODE(st.st_mode)
     # CONTRACT 4 says 0660; C conmon's mkfifo(0660) goes through its umask 022: 0640
     assert modes["ctl"] == (0o660 if is_py(monitor_bin) else 0o640), modes
+
+
+def test_stale_ctl_and_winsz_are_replaced(testbed, monitor_bin):
+    bundle = testbed.bundle(["sh", "-c", wait_size(12, 34)], terminal=True)
+    with open(os.path.join(bundle, "ctl"), "w") as f:
+        f.write("1 99 99\n")  # a regular file left behind
+    os.mkfifo(os.path.join(bundle, "winsz"))  # a stale FIFO nobody reads
+    m = testbed.run(monitor_bin, bundle=bundle, terminal=True, start=False)
+    assert m.container_pid, m.describe()
+    client = m.attach()
+    m.start_container()
+    wait_ready(client)
+    for name in ("ctl", "winsz"):
+        assert stat.S_ISFIFO(os.stat(os.path.join(bundle, name)).st_mode), name
+    write_ctl(bundle, "12 34\n", name="winsz")
+    assert client.read_until_eof(15)[2].endswith(b"ready\r\nnow 12 34\r\n")
+    assert m.wait_exit_file() == 0
 
 
 def _garbage_lines(rng, n):
@@ -367,6 +398,39 @@ def test_exec_timeout_kills(testbed, monitor_bin, sleeper, style):
     # nothing but the container's own process is left in its cgroup
     poll_until(lambda: container_procs(sleeper.container_pid) == [sleeper.container_pid], 5,
                what="the timed-out exec to be gone")
+
+
+def test_parallel_execs(testbed, monitor_bin, sleeper):
+    """Six exec sessions at once, each with its own bundle, output and exit code."""
+    def one(i):
+        e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", f"echo out{i}; sleep 0.3; echo err{i} >&2; exit {i}"])
+        out = e.client.read_until_eof(15)
+        return out, e.wait_exit_file(15), e.read_sync(15)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    for i, (out, code, msg) in enumerate(results):
+        assert out == {2: f"out{i}\n".encode(), 3: f"err{i}\n".encode()}
+        assert (code, msg) == (i, {"data": i})
+
+
+def test_detached_exec_runs_exit_command_after_exit_file(testbed, monitor_bin, sleeper):
+    """``podman exec -d``: no client, byte 2 at once; the exit command finds the exit file."""
+    session = new_cid()
+    exit_file = os.path.join(sleeper.bundle, session, "exit", sleeper.cid)
+    marker = os.path.join(testbed.workdir("mark"), "marker")
+    cmd = write_script(os.path.join(testbed.workdir("cmd"), "cleanup"),
+                       f'#!/bin/sh\n{{ cat {exit_file}; echo; printf "%s\\n" "$@"; }} > {marker}.tmp\n'
+                       f'mv {marker}.tmp {marker}\n')
+    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", "echo ignored; exit 9"], detach=True, session_id=session,
+                     exit_command=[cmd, "container", "cleanup", "--exec", session, sleeper.cid])
+    assert e.client is None and e.sync_msg["data"] > 0, e.describe()
+    assert e.exit_file == exit_file and e.wait_exit_file() == 9
+    wait_for_path(marker)
+    with open(marker) as f:
+        assert f.read().split("\n") == ["9", "container", "cleanup", "--exec", session, sleeper.cid, ""]
+    assert e.read_sync(10) == {"data": 9}
+    e.wait(10)
 
 
 def test_exec_attach_waits_for_second_start_byte(testbed, monitor_bin, sleeper):
