@@ -224,6 +224,19 @@ def test_same_legacy_exec(testbed, cmd, code, lines):
     assert seen["pyconmon"] == seen["conmon"]
 
 
+def test_same_legacy_exec_not_found(testbed):
+    """A failing runtime exec (``doesnotexist``): -1 with runc's error, the same from both."""
+    ctr = {name: testbed.run(c, ["sleep", "100"], style="crio") for name, c in MONITORS.items()}
+    seen = {}
+    for name, c in MONITORS.items():
+        e = testbed.exec(c, ctr[name], ["doesnotexist"], style="crio", deadline=20)
+        msg = dict(e.sync_msg)
+        msg["message"] = re.sub(r'time="[^"]*"', 'time="T"', msg.get("message", ""))
+        seen[name] = (msg, records(e.log_path))
+    assert seen["conmon"][0]["exit_code"] == -1 and "doesnotexist" in seen["conmon"][0]["message"]
+    assert seen["pyconmon"] == seen["conmon"]
+
+
 def test_same_legacy_exec_timeout(testbed):
     ctr = {name: testbed.run(c, ["sleep", "100"], style="crio") for name, c in MONITORS.items()}
     seen = {}

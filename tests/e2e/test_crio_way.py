@@ -1,0 +1,396 @@
+"""The monitor driven exactly the way CRI-O drives it (shared/spec CRIO.md).
+
+CreateContainer (CRIO.md 2.1): CRI-O's argument order, ``--runtime-arg
+--root=...`` (a value starting with ``--``), STREAM socketpairs for sync and
+start, a minimal environment (no PYTHONPATH, HOME, TMPDIR, LANG), cwd = the
+bundle, ``-P`` pid file, ``--persist-dir``, ``--syslog`` (this machine has no
+/dev/log), ``--socket-dir-path`` with the ``-u`` link to the bundle. That is
+the harness's ``style="crio"``. ExecSync (2.2) is ``testbed.exec(...,
+style="crio")``: legacy exec with ``--sync``, a plain pipe for sync, a
+pre-created empty pid file and log.
+
+Tests that take ``crio_monitor`` run against Debian's C conmon (the
+reference), the checkout launcher and, where it matters, the installed
+binary (``make`` + ``make podman PREFIX=<tmp>``, shared with test_podman.py)
+started with an empty environment.
+"""
+
+import ctypes
+import os
+import select
+import signal
+import struct
+import subprocess
+
+import pytest
+
+from support import C_CONMON, LAUNCHER, RUNC
+from support.harness import (
+    CRIO_RUNTIME_ROOT,
+    container_state,
+    pid_alive,
+    poll_until,
+    read_k8s_log,
+    read_pidfile,
+    wait_pid_gone,
+)
+from support.installed import install_podman_conmon, unavailable_reason
+
+# --------------------------------------------------------------------------
+# fixtures and helpers
+
+
+@pytest.fixture(scope="session")
+def installed_conmon(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return install_podman_conmon(tmp_path_factory.getbasetemp() / "installed-conmon")
+
+
+def _monitor(request):
+    if request.param == "conmon":
+        if not os.access(C_CONMON, os.X_OK):
+            pytest.skip("Debian's conmon is not installed")
+        return C_CONMON
+    if request.param == "installed":
+        return request.getfixturevalue("installed_conmon")
+    return LAUNCHER
+
+
+@pytest.fixture(params=["conmon", "pyconmon"])
+def crio_monitor(request):
+    """C conmon (reference) and the checkout launcher."""
+    return _monitor(request)
+
+
+@pytest.fixture(params=["conmon", "pyconmon", "installed"])
+def any_monitor(request):
+    """C conmon, the checkout launcher and the installed binary."""
+    return _monitor(request)
+
+
+def runc_kill(cid, sig):
+    subprocess.run([RUNC, "--root", CRIO_RUNTIME_ROOT, "kill", cid, sig], check=True, capture_output=True,
+                   timeout=30)
+
+
+def records(path):
+    return [(r.stream, r.tag, r.content) for r in read_k8s_log(path)]
+
+
+def log_has(path, needle):
+    return any(needle in r.content for r in read_k8s_log(path))
+
+
+IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x8, 0x80, 0x100
+
+
+class Inotify:
+    """Just enough inotify (via libc) to see what CRI-O's watchers see."""
+
+    def __init__(self):
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.dirs = {}
+        self.events = []  # (dir, name, mask) in the order the kernel queued them
+
+    def watch(self, path, mask):
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
+        self.dirs[wd] = path
+
+    def _read(self, timeout):
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return
+        data = os.read(self.fd, 65536)
+        pos = 0
+        while pos < len(data):
+            wd, mask, _cookie, n = struct.unpack_from("iIII", data, pos)
+            name = data[pos + 16:pos + 16 + n].rstrip(b"\0").decode()
+            self.events.append((self.dirs.get(wd), name, mask))
+            pos += 16 + n
+
+    def wait_for(self, pred, timeout=10.0, what="inotify event"):
+        """Index of the first event with pred(dir, name, mask), reading more as needed."""
+        def found():
+            for i, ev in enumerate(self.events):
+                if pred(*ev):
+                    return (i,)
+            self._read(0.05)
+            return None
+        return poll_until(found, timeout, what=what)[0]
+
+    def close(self):
+        os.close(self.fd)
+
+
+# --------------------------------------------------------------------------
+# CreateContainer
+
+
+def test_create_like_crio(testbed, crio_monitor):
+    m = testbed.run(crio_monitor, ["sh", "-c", "echo hello; echo oops >&2; exec sleep 100"], style="crio")
+    # what CRI-O passed: its order, a dash-led value, its minimal environment, cwd = bundle
+    i = m.argv.index("--runtime-arg")
+    assert m.argv[i + 1] == f"--root={CRIO_RUNTIME_ROOT}"
+    assert m.argv[1:3] == ["-b", m.bundle] and m.argv[-2:] == ["-u", m.cid]
+    assert "--syslog" in m.argv  # and no /dev/log on this machine: must not matter
+    assert set(m.env) == {"PATH", "CRI_O_EXTERNAL", "_OCI_SYNCPIPE", "_OCI_STARTPIPE"}
+    assert m.cwd == m.bundle
+    assert m.first_status == 0, m.describe()
+    # one JSON value with the legacy key, on a stream socket
+    assert b"".join(m.sync.chunks) == b'{"pid": %d}\n' % m.container_pid
+    assert container_state(m.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+    with open(m.pidfile, "rb") as f:
+        assert int(f.read()) == m.container_pid
+    # -P: bare digits; the pid is alive (kill(pid, 0)) and stays the same process (start time)
+    with open(m.conmon_pidfile, "rb") as f:
+        raw = f.read()
+    assert raw.isdigit() and int(raw) == m.pid
+    os.kill(m.pid, 0)
+    with open(f"/proc/{m.pid}/stat") as f:
+        start_time = f.read().rsplit(")", 1)[1].split()[19]
+    poll_until(lambda: log_has(m.log_path, b"oops") and log_has(m.log_path, b"hello"), what="output logged")
+    assert sorted((s, c) for s, _, c in records(m.log_path)) == [("stderr", b"oops"), ("stdout", b"hello")]
+    assert not os.listdir(m.persist_dir) and not os.listdir(m.exit_dir)
+    runc_kill(m.cid, "KILL")
+    assert m.wait_exit_file() == 137
+    assert m.persist_exit() == 137
+    with open(os.path.join(m.persist_dir, "exit"), "rb") as f:
+        assert f.read() == b"137"
+    assert not os.path.exists(os.path.join(m.bundle, "oom"))  # a normal exit is no OOM
+    assert not os.path.exists(os.path.join(m.persist_dir, "oom"))
+    wait_pid_gone(m.pid, 10)
+    assert m.sync.read_rest(5) == []
+    assert start_time
+
+
+def test_installed_binary_empty_environment(testbed, installed_conmon):
+    """The installed monitor starts from its own executable under ``env -i`` (no PYTHONPATH, no PATH)."""
+    m = testbed.run(installed_conmon, ["sh", "-c", "echo from-installed; exec sleep 100"], style="crio", env={})
+    assert set(m.env) == {"_OCI_SYNCPIPE", "_OCI_STARTPIPE"}
+    assert m.sync_msg == {"pid": m.container_pid}, m.describe()
+    assert os.readlink(f"/proc/{m.pid}/exe").endswith("/conmon")
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(installed_conmon)
+    with open(f"/proc/{m.pid}/comm") as f:
+        assert f.read() == "conmon\n"
+    r = subprocess.run(["pidof", "conmon"], capture_output=True, text=True, check=False)
+    assert str(m.pid) in r.stdout.split()
+    poll_until(lambda: log_has(m.log_path, b"from-installed"), what="output logged")
+    runc_kill(m.cid, "KILL")
+    assert m.wait_exit_file() == 137
+    assert m.persist_exit() == 137
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipes", "tty"])
+def test_first_process_lets_go_of_callers_stdio(testbed, crio_monitor, terminal):
+    """CRI-O waits for EOF on the stderr it gave conmon (with -t a pipe into a buffer): the monitor
+    and its children must not keep it while the container runs."""
+    m = testbed.run(crio_monitor, ["sleep", "100"], style="crio", terminal=terminal)
+    assert m.container_pid, m.describe()
+    assert m.wait_stdio_eof(5), "the running monitor or container still holds CRI-O's stdout/stderr"
+    assert container_state(m.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+    assert m.stdout == m.stderr == b""
+    runc_kill(m.cid, "KILL")
+    assert m.wait_exit_file() == 137
+
+
+def test_attach_through_socket_dir_link(testbed, crio_monitor):
+    m = testbed.run(crio_monitor, ["sh", "-c", "echo hi; echo err >&2"], style="crio", start=False)
+    link = os.path.join(m.socket_dir, m.cid)
+    assert os.readlink(link) == m.bundle
+    assert len(link) < 107
+    assert m.attach_path == os.path.join(link, "attach")
+    client = m.attach()  # <socket dir>/<ID>/attach, as CRI-O dials it
+    m.start_container()
+    assert client.read_until_eof(10) == {2: b"hi\n", 3: b"err\n"}
+    assert m.wait_exit_file() == 0
+    assert m.persist_exit() == 0
+    m.wait(10)
+    if crio_monitor == LAUNCHER:  # C conmon 2.1.6 leaves the link behind (CRIO.md 4.2: remove it)
+        assert not os.path.lexists(link)
+
+
+def test_stdin_once(testbed, crio_monitor):
+    """-i without --leave-stdin-open: CRI-O sends up to 32 KiB per packet, half-closes at stdin EOF
+    and still expects the output until the container exits."""
+    m = testbed.run(crio_monitor, ["sh", "-c", "cat; echo cat-done"], style="crio", stdin=True, stdin_once=True,
+                    start=False)
+    assert "-i" in m.argv and "--leave-stdin-open" not in m.argv
+    client = m.attach()
+    m.start_container()
+    big = b"y" * 32767 + b"\n"
+    client.send(big)  # one packet of 32 KiB
+    client.send(b"small\n")
+    client.shutdown_write()
+    out = client.read_until_eof(10)
+    assert out == {2: big + b"small\ncat-done\n"}
+    assert client.max_packet <= 8193
+    assert m.wait_exit_file() == 0
+    lines = [(r.stream, r.content) for r in read_k8s_log(m.log_path)]
+    assert b"".join(c for _, c in lines) == b"y" * 32767 + b"smallcat-done"
+
+
+def test_stdin_not_once(testbed, crio_monitor):
+    """--leave-stdin-open -i (stdin, not stdin_once): a client's EOF leaves the container's stdin open."""
+    m = testbed.run(crio_monitor, ["cat"], style="crio", stdin=True, stdin_once=False, start=False)
+    i = m.argv.index("--leave-stdin-open")
+    assert m.argv[i + 1] == "-i"
+    c1 = m.attach()
+    m.start_container()
+    c1.send(b"one\n")
+    c1.read_until(lambda o: b"one\n" in o.get(2, b""))
+    c1.shutdown_write()
+    c1.close()
+    c2 = m.attach()
+    c2.send(b"two\n")
+    assert c2.read_until(lambda o: b"two\n" in o.get(2, b"")) == {2: b"two\n"}
+    assert container_state(m.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+    runc_kill(m.cid, "KILL")
+    assert m.wait_exit_file() == 137
+
+
+def test_reopen_log_makes_an_event_and_empties_the_log(testbed, crio_monitor):
+    """ReopenContainerLog: CRI-O writes ``2 0 0`` to ctl and waits (no timeout) for a Create or
+    Write event on exactly the log path; the old content is gone, new output goes to the new file."""
+    m = testbed.run(crio_monitor, ["sh", "-c", "echo before; while read x; do echo \"$x\"; done"], style="crio",
+                    stdin=True, stdin_once=False)
+    poll_until(lambda: log_has(m.log_path, b"before"), what="first line logged")
+    name = os.path.basename(m.log_path)
+    old_ino = os.stat(m.log_path).st_ino
+    ino = Inotify()
+    try:
+        ino.watch(os.path.dirname(m.log_path), IN_CREATE | IN_MOVED_TO | IN_MODIFY)
+        fd = os.open(os.path.join(m.bundle, "ctl"), os.O_WRONLY)  # blocking, as CRI-O opens it
+        try:
+            os.write(fd, b"2 0 0\n")
+        finally:
+            os.close(fd)
+        ino.wait_for(lambda d, n, mask: n == name and mask & (IN_CREATE | IN_MOVED_TO | IN_MODIFY),
+                     what="Create/Write event on the log path")
+    finally:
+        ino.close()
+    poll_until(lambda: records(m.log_path) == [], what="log emptied")
+    assert os.stat(m.log_path).st_ino != old_ino  # a new file renamed over the path
+    c = m.attach()
+    c.send(b"after\n")
+    poll_until(lambda: records(m.log_path) == [("stdout", "F", b"after")], what="new output in the new file")
+    runc_kill(m.cid, "KILL")
+    assert m.wait_exit_file() == 137
+    assert records(m.log_path) == [("stdout", "F", b"after")]
+
+
+def test_persist_exit_before_exits_dir(testbed, crio_monitor):
+    """CRI-O reacts to the exits-dir file and then reads <persist-dir>/exit: it must already be there."""
+    m = testbed.run(crio_monitor, ["sh", "-c", "exit 9"], style="crio", start=False)
+    ino = Inotify()
+    try:
+        ino.watch(m.persist_dir, IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE)
+        ino.watch(m.exit_dir, IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE)
+        m.start_container()
+        assert m.wait_exit_file() == 9
+        persist = ino.wait_for(lambda d, n, mask: d == m.persist_dir and n == "exit", what="persist exit")
+        final = ino.wait_for(lambda d, n, mask: d == m.exit_dir and n == m.cid, what="exits-dir file")
+    finally:
+        ino.close()
+    assert persist < final, ino.events
+    with open(os.path.join(m.persist_dir, "exit"), "rb") as f:
+        assert f.read() == b"9"
+    assert not os.path.exists(os.path.join(m.bundle, "oom"))
+
+
+# --------------------------------------------------------------------------
+# ExecSync (legacy exec with --sync)
+
+
+@pytest.fixture
+def crio_container(testbed):
+    """A running container (its monitor is pyconmon; the exec monitors under test are separate)."""
+    m = testbed.run(LAUNCHER, ["sleep", "1000"], style="crio")
+    assert m.container_pid, m.describe()
+    return m
+
+
+def test_exec_sync(testbed, crio_container, any_monitor):
+    e = testbed.exec(any_monitor, crio_container, ["sh", "-c", "echo out; usleep 20000; echo err >&2; exit 3"],
+                     style="crio", env={} if any_monitor not in (C_CONMON, LAUNCHER) else None)
+    assert "--sync" in e.argv and "-b" not in e.argv and "--api-version" not in e.argv
+    assert e.sync_msg == {"exit_code": 3}, e.describe()
+    assert b"".join(e.sync.chunks) == b'{"exit_code": 3}\n'  # only the exit code, no pid first
+    assert e.sync.read_rest(5) == []
+    assert records(e.log_path) == [("stdout", "F", b"out"), ("stderr", "F", b"err")]
+    exec_pid = read_pidfile(e.pidfile)
+    assert exec_pid and not pid_alive(exec_pid)
+    assert e.wait_stdio_eof(5)
+    assert container_state(crio_container.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+
+
+def test_exec_sync_timeout(testbed, crio_container, crio_monitor):
+    e = testbed.exec(crio_monitor, crio_container, ["sh", "-c", "echo started; exec sleep 100"], style="crio",
+                     timeout=1, deadline=15)
+    assert "-T" in e.argv
+    assert e.sync_msg == {"exit_code": -1, "message": "command timed out"}, e.describe()
+    exec_pid = read_pidfile(e.pidfile)
+    assert exec_pid
+    poll_until(lambda: not pid_alive(exec_pid), what="timed-out exec process killed")
+    assert records(e.log_path) == [("stdout", "F", b"started")]
+    assert container_state(crio_container.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+
+
+def test_exec_sync_command_not_found(testbed, crio_container, crio_monitor):
+    """``doesnotexist``: CRI-O needs a non-zero code or -1 with a message, never 0."""
+    e = testbed.exec(crio_monitor, crio_container, ["doesnotexist"], style="crio", deadline=15)
+    msg = e.sync_msg
+    assert msg is not None and set(msg) <= {"exit_code", "message"}, e.describe()
+    assert msg["exit_code"] != 0
+    if msg["exit_code"] == -1:  # (what both monitors send here: runc's error text)
+        assert "doesnotexist" in msg.get("message", ""), msg
+    else:
+        # runc's own error is the process's stderr: it lands in the log
+        assert any(s == "stderr" and b"doesnotexist" in c for s, _, c in records(e.log_path)), \
+            records(e.log_path)
+    assert container_state(crio_container.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+
+
+@pytest.mark.parametrize("trap", [False, True], ids=["default", "trapped"])
+def test_exec_sync_sigint_forwarded(testbed, crio_container, any_monitor, trap):
+    """When the container stops, CRI-O SIGINTs running exec monitors: forwarded, then a normal end."""
+    if trap:
+        args = ["sh", "-c", "trap 'echo got-int; exit 7' INT; echo ready; while :; do usleep 20000; done"]
+    else:
+        args = ["sh", "-c", "echo ready; exec sleep 100"]
+    env = {} if any_monitor not in (C_CONMON, LAUNCHER) else None
+    e = testbed.exec(any_monitor, crio_container, args, style="crio", wait=False, env=env)
+    e.write_start()
+    poll_until(lambda: read_pidfile(e.pidfile), what="exec pid file")
+    poll_until(lambda: log_has(e.log_path, b"ready"), what="exec process ready")
+    if any_monitor not in (C_CONMON, LAUNCHER):
+        with open(f"/proc/{e.first_pid}/comm") as f:
+            assert f.read() == "conmon\n"  # CRI-O's test finds exec monitors with `pidof conmon`
+    os.kill(e.first_pid, signal.SIGINT)
+    status = e.wait_first(10)
+    assert status >= 0, e.describe()  # the monitor ends normally, not killed by SIGINT
+    if any_monitor != C_CONMON:
+        assert status == 0  # (C conmon 2.1.6 exits with the exec's code; CRI-O ignores it)
+    msg = e.read_sync(5)
+    assert msg == {"exit_code": 7 if trap else 128 + signal.SIGINT}, e.describe()
+    if trap:
+        assert log_has(e.log_path, b"got-int")
+    assert not pid_alive(read_pidfile(e.pidfile))
+    assert container_state(crio_container.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+
+
+def test_exec_sync_output_cap(testbed, crio_container, crio_monitor):
+    """--log-global-size-max 16777216: past 16 MiB conmon stops logging but keeps draining."""
+    e = testbed.exec(crio_monitor, crio_container, ["sh", "-c", "head -c 20000000 /dev/zero | tr '\\0' a; echo"],
+                     style="crio", deadline=60)
+    assert e.sync_msg == {"exit_code": 0}, e.describe()
+    content = b"".join(r.content for r in read_k8s_log(e.log_path))
+    assert content == b"a" * len(content)
+    # C conmon counts the bytes of the log file, pyconmon those of the output: both stop near 16 MiB
+    assert 16 * 1024 * 1024 * 99 // 100 <= len(content) <= 16777216
+    assert os.path.getsize(e.log_path) >= 16777216
