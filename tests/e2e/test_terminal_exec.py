@@ -45,6 +45,19 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
+def test_tty_output_complete_when_container_exits_at_once(testbed, monitor_bin):
+    """A burst on the pty right before exit is drained into the log and to the client."""
+    m, client = started_with_client(testbed, monitor_bin, ["seq", "1", "30000"])
+    expected = b"".join(b"%d\r\n" % i for i in range(1, 30001))
+    out = client.read_until_eof(20)
+    assert out == {2: expected}
+    assert m.wait_exit_file() == 0
+    lines = m.log_lines()  # reads may end mid-line: P pieces joined
+    assert [(x.stream, x.content, x.complete) for x in lines] == [("stdout", b"%d\r" % i, True)
+                                                                  for i in range(1, 30001)]
+    assert client.max_packet <= 8193
+
+
 def tty_fds(pid):
     """The fds of ``pid`` open on a pty slave."""
     out = []
@@ -488,6 +501,21 @@ def test_exec_it(testbed, monitor_bin, sleeper):
     assert out == {2: b"hello\r\ngot hello\r\n24 80\r\n/dev/pts/0\r\n"}
     assert e.wait_exit_file() == 4
     assert e.read_sync(10) == {"data": 4}
+
+
+def test_exec_it_pty_stays_open_after_client_eof(testbed, sleeper):
+    """pyconmon never closes the pty for a client's EOF, even with -i (exec -it): a later client can
+    still type. C conmon 2.1.6 closes its stdin copy of the pty master instead, so later input is
+    dropped while the process, which never sees EOF, waits forever."""
+    e = testbed.exec(LAUNCHER, sleeper, ["sh", "-c", 'read a; echo "a=$a"; read b; echo "b=$b"'],
+                     terminal=True, stdin=True)
+    e.client.send(b"one\n")
+    e.client.read_until(lambda o: b"a=one\r\n" in o.get(2, b""), 10)
+    e.client.shutdown_write()
+    second = e.attach()
+    second.send(b"two\n")
+    assert second.read_until_eof(10) == {2: b"two\r\nb=two\r\n"}
+    assert e.wait_exit_file() == 0
 
 
 def test_exec_i_pipes_stdin(testbed, monitor_bin, sleeper):
