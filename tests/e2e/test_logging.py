@@ -23,6 +23,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -114,12 +115,13 @@ def runc_kill(cid, sig="KILL"):
 # a private mount namespace: a test /dev/log, a missing journal socket
 
 
-def ns_wrapper(directory, monitor, dev_log=None, hide_journal=False):
+def ns_wrapper(directory, monitor, dev_log=None, journal_socket=None):
     """An executable that runs ``monitor`` (same pid, via exec) in a private mount namespace.
 
     ``dev_log``: make ``/dev/log`` a symlink to this socket path (an overlay
-    on /dev, upper layer on a private tmpfs). ``hide_journal``: mount an
-    empty tmpfs on /run/systemd/journal, so the journal socket is missing.
+    on /dev, upper layer on a private tmpfs). ``journal_socket``: mount an
+    empty tmpfs on /run/systemd/journal, so the journal socket is
+    ``"missing"``, or ``"refusing"`` (a socket file nobody listens on).
     Nothing is visible outside the namespace, which ends with its processes.
     """
     steps = ["set -e"]
@@ -130,8 +132,11 @@ def ns_wrapper(directory, monitor, dev_log=None, hide_journal=False):
         steps += [f"mount -t tmpfs -o mode=0700 tmpfs {q}", f"mkdir {q}/u {q}/w",
                   f"mount -t overlay overlay -o lowerdir=/dev,upperdir={q}/u,workdir={q}/w /dev",
                   f"ln -s {shlex.quote(dev_log)} /dev/log"]
-    if hide_journal:
+    if journal_socket:
         steps.append("mount -t tmpfs tmpfs /run/systemd/journal")
+    if journal_socket == "refusing":
+        bind = "import socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).bind('/run/systemd/journal/socket')"
+        steps.append(f"{shlex.quote(sys.executable)} -c {shlex.quote(bind)}")
     steps.append('exec "$@"')
     path = os.path.join(directory, "ns-" + os.path.basename(monitor))
     with open(path, "w") as f:
@@ -281,27 +286,50 @@ def test_journald_long_slow_and_unfinished_lines(testbed, monitor_bin, journal, 
     assert got == want
 
 
-def test_journald_socket_missing_keeps_container_and_k8s_going(testbed, monitor_bin, journal, syslog):
-    """No journal socket (hidden in a private mount namespace): the container runs, k8s-file gets it all."""
-    wrap = ns_wrapper(testbed.workdir("ns"), monitor_bin, dev_log=syslog.path, hide_journal=True)
+def test_journald_entry_bigger_than_a_datagram(testbed, monitor_bin, journal):
+    """Labels making every entry ~300 KB: too big for any datagram, so they go in a sealed memfd."""
+    skip_c(monitor_bin, "no --log-label")
+    with open("/proc/sys/net/core/wmem_default") as f:  # the writer's send buffer: the largest datagram
+        wmem = int(f.read())
+    size = 100_000  # one argument may be at most 128 KiB, all of them 2 MiB
+    if wmem > 15 * size:
+        pytest.skip(f"net.core.wmem_default is {wmem}: too big to exceed with arguments")
+    labels = {f"BIG{i}": chr(ord("a") + i) * size for i in range(wmem // size + 1)}
+    extra = [x for k, v in labels.items() for x in ("--log-label", f"{k}={v}")]
+    m = run_podman(testbed, monitor_bin, ["sh", "-c", "echo hi; echo there >&2"], ["journald"], extra)
+    assert m.wait_exit_file() == 0, m.describe()
+    es = entries_of(m.cid, 2)
+    assert sorted((e["MESSAGE"], e["PRIORITY"]) for e in es) == [(b"hi\n", b"6"), (b"there\n", b"3")]
+    for e in es:
+        assert {k: e[k] for k in labels} == {k: v.encode() for k, v in labels.items()}
+    assert len(labels) * size > wmem
+
+
+@pytest.mark.parametrize("trouble", ["missing", "refusing"])
+def test_journal_socket_trouble_keeps_container_and_k8s_going(testbed, monitor_bin, journal, syslog, trouble):
+    """No journal (in a private mount namespace): the container runs, k8s-file gets it all."""
+    wrap = ns_wrapper(testbed.workdir("ns"), monitor_bin, dev_log=syslog.path, journal_socket=trouble)
     log = os.path.join(testbed.workdir("logs"), "ctr.log")
     script = "i=0; while [ $i -lt 200 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done"
     t0 = time.monotonic()
     m = run_podman(testbed, wrap, ["sh", "-c", script], ["journald", f"k8s-file:{log}"], ["--syslog"])
     assert m.container_pid, m.describe()
-    assert m.wait_exit_file(20) == 0
+    # Keep reading syslog meanwhile: conmon 2.1.6 warns on every write when journald refuses, and
+    # glibc's syslog() blocks on a full /dev/log queue, which would stall it.
+    poll_until(lambda: syslog.drain() is not None and os.path.exists(m.exit_file), 20, what="exit file")
+    assert m.wait_exit_file() == 0
     assert time.monotonic() - t0 < 15
     lines = join_lines(read_k8s_log(log))
     assert [x.content for x in lines if x.stream == "stdout"] == [b"out%d" % i for i in range(200)]
     assert [x.content for x in lines if x.stream == "stderr"] == [b"err%d" % i for i in range(200)]
     m.wait(10)
     assert read_entries({"CONTAINER_ID_FULL": m.cid}) == []  # the socket really was out of reach
-    warnings = [x for x in syslog.drain() if "journal" in x[3].lower()]
-    if is_c(monitor_bin):
-        assert warnings == []  # conmon 2.1.6 drops the entries silently
+    warnings = [x for x in syslog.drain() if x[1] != "ndebug"]
+    if is_c(monitor_bin):  # 2.1.6: silent when missing, two warnings per failed write when refused
+        assert (len(warnings) >= 2) is (trouble == "refusing"), warnings[:4]
     else:
         assert len(warnings) == 1, warnings  # said once, not once per line
-        assert warnings[0][:2] == (4, "nwarn")
+        assert warnings[0][:2] == (4, "nwarn") and "journal" in warnings[0][3].lower()
 
 
 # --------------------------------------------------------------------------
