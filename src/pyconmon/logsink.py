@@ -49,12 +49,12 @@ class LogSinks:
     def write(self, stream: int, data: bytes) -> None:
         if self.budget >= 0:
             if self.budget < len(data):
-                if self.budget > 0:
-                    data = data[:self.budget]
-                    self.budget = 0
-                else:
-                    self.diag.warn_once("global-size", "Global log size limit reached: dropping further output")
+                # Said as soon as anything is dropped: the cut chunk may be the last one.
+                self.diag.warn_once("global-size", "Global log size limit reached: dropping further output")
+                if self.budget == 0:
                     return
+                data = data[:self.budget]
+                self.budget = 0
             else:
                 self.budget -= len(data)
         for writer in self.writers:
