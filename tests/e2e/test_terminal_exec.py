@@ -266,6 +266,15 @@ def test_pty_hangup_neither_ends_monitor_nor_spins(testbed, monitor_bin):
     assert [r.content for r in m.log_records()] == [b"closing\r", b"back\r"]
 
 
+def test_pty_closed_until_exit(testbed, monitor_bin):
+    """A process that closes its tty and exits later still ends the monitor normally."""
+    m, client = started_with_client(testbed, monitor_bin,
+                                    ["sh", "-c", "echo bye; exec 0<&- 1>&- 2>&-; sleep 0.5; exit 3"])
+    assert client.read_until_eof(10) == {2: b"bye\r\n"}
+    assert m.wait_exit_file() == 3
+    m.wait(10)
+
+
 def write_script(path, text):
     with open(path, "w") as f:
         f.write(text)
