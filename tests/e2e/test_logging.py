@@ -591,6 +591,25 @@ def test_foreground_stderr_is_filtered_by_level(testbed, monitor_bin, level):
         assert m.stderr == b""
 
 
+@pytest.mark.parametrize("level", ["warning", "debug"])
+def test_passthrough_keeps_diagnostics_on_the_callers_stderr(testbed, monitor_bin, level):
+    """With passthrough the monitor never gives up the caller's stdio: its diagnostics stay visible."""
+    m = run_podman(testbed, monitor_bin, ["sh", "-c", "echo out; echo err >&2"], ["passthrough"],
+                   ["--log-level", level])
+    assert m.wait_exit_file() == 0, m.describe()
+    m.wait(10)
+    assert m.wait_stdio_eof(5)
+    assert m.stdout == b"out\n"  # the container's own output, inherited
+    err = m.stderr.decode()
+    assert "err\n" in err
+    diag = [x for x in err.splitlines() if x.startswith("[conmon:")]
+    assert all(re.match(r"^\[conmon:[ewid]\]: ", x) for x in diag), diag
+    if level == "debug":
+        assert any(x.startswith("[conmon:d]: ") for x in diag), err
+    else:
+        assert not any(x.startswith(("[conmon:i]", "[conmon:d]")) for x in diag), err
+
+
 # syslog severities: pyconmon uses the level's own; conmon 2.1.6 sends everything but errors as LOG_INFO
 PY_SEVERITY = {"error": 3, "nwarn": 4, "ninfo": 6, "ndebug": 7, "ntrace": 7}
 C_SEVERITY = {"error": 3, "nwarn": 6, "ninfo": 6, "ndebug": 6, "ntrace": 6}
