@@ -520,6 +520,17 @@ def test_unsafe_log_path_is_refused_before_the_container(testbed, monitor_bin, c
         assert not os.path.lexists(log)
 
 
+def test_unsafe_log_path_refusal_reaches_crio_too(testbed, monitor_bin):
+    """CRI-O style (stream socket, legacy ``pid`` key, bare log path): the same -1 with the reason."""
+    skip_c(monitor_bin, "trusts any directory (and just exits: EOF on the sync pipe)")
+    log, extra, why = _refusal_case(testbed.workdir("safety"), "world-writable")
+    m = testbed.run(monitor_bin, ["echo", "hi"], style="crio", log_path=log, extra_args=extra, start=False)
+    assert m.first_status == 1, m.describe()
+    assert m.sync_msg and m.sync_msg["pid"] == -1 and why in m.sync_msg["message"], m.describe()
+    assert container_state(m.cid, m.runtime_root) is None
+    assert not os.path.lexists(log)
+
+
 def test_allowlisted_log_path_is_accepted(testbed, monitor_bin):
     skip_c(monitor_bin, "no --log-allowlist-dir")
     base = testbed.workdir("allow")
