@@ -180,7 +180,8 @@ def test_timeout(testbed, monitor_bin, form):
     assert (0.95 if monitor_bin == LAUNCHER else 0.0) <= elapsed < 10, elapsed
     with open(m.exit_file, "rb") as f:
         assert f.read() == b"-1"
-    assert not pid_alive(m.container_pid)
+    # (C conmon writes the exit file right after kill(), before the process is gone)
+    poll_until(lambda: not pid_alive(m.container_pid), timeout=5, what="container killed")
     state = container_state(m.cid)
     assert state is None or state["status"] == "stopped", state
     m.wait(10)
