@@ -13,10 +13,12 @@ Facts that shape this module:
   an O_PATH handle on its directory.
 * conmon writes to clients with blocking writes, so one client that stops
   reading stalls the container, the log and every other client.  Here each
-  client socket is non-blocking and has its own queue, bounded by
-  ``CLIENT_QUEUE_MAX``; a client whose queue overflows is disconnected with a
-  warning (it cannot be given a consistent stream any more), and everyone
-  else carries on.
+  client socket is non-blocking and has its own queue.  A client that keeps
+  reading may fall behind by up to ``CLIENT_QUEUE_HARD`` bytes (bursts, a
+  busy machine); a client that is ``CLIENT_QUEUE_SOFT`` behind and has taken
+  nothing for ``CLIENT_STALL_S`` seconds is stuck.  Either limit disconnects
+  that client with a warning (it cannot be given a consistent stream any
+  more; the log still has everything), and everyone else carries on.
 * A client that half-closes (``SHUT_WR``: its stdin ended) still wants
   output; only a full hangup (EPOLLHUP, or an error on send) removes it.
   After EOF the client stays registered with no input interest so that the
@@ -28,6 +30,7 @@ from __future__ import annotations
 import _socket
 import os
 from _collections import deque
+from time import monotonic
 
 from .diag import Diagnostics
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
@@ -37,7 +40,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 MAX_PACKET_DATA = 8192
-CLIENT_QUEUE_MAX = 4 << 20  # bytes queued per client before it is dropped
+CLIENT_QUEUE_SOFT = 4 << 20  # past this backlog a client must be making progress
+CLIENT_QUEUE_HARD = 16 << 20  # no client is ever this far behind
+CLIENT_STALL_S = 1.0  # no progress for this long past the soft limit: stuck
 INPUT_READ = 65536
 _SOCK_FLAGS = _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK
 
@@ -59,13 +64,14 @@ def link_path(socket_dir: str, cuuid: str) -> str:
 
 
 class AttachClient:
-    __slots__ = ("fd", "queue", "queued", "reading", "sock")
+    __slots__ = ("fd", "progress", "queue", "queued", "reading", "sock")
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.queue: deque[bytes] = deque()
         self.queued = 0
+        self.progress = 0.0  # when it last took queued output (monotonic)
         self.reading = True
 
 
@@ -186,8 +192,8 @@ class AttachServer:
             if client.queue:
                 client.queue.extend(pkts)
                 client.queued += size
-                if client.queued > CLIENT_QUEUE_MAX:
-                    self.drop(client, f"Attach client too slow: dropped it after {client.queued} bytes queued")
+                if client.queued > CLIENT_QUEUE_SOFT:
+                    self._check_backlog(client)
                 continue
             for i, pkt in enumerate(pkts):
                 try:
@@ -196,26 +202,38 @@ class AttachServer:
                     rest = pkts[i:]
                     client.queue.extend(rest)
                     client.queued += sum(map(len, rest))
+                    client.progress = monotonic()
                     self._update_mask(client)
                     break
                 except OSError:
                     self.drop(client, None)
                     break
 
+    def _check_backlog(self, client: AttachClient) -> None:
+        if client.queued > CLIENT_QUEUE_HARD:
+            self.drop(client, f"Attach client too slow: dropped it {client.queued} bytes behind")
+        elif monotonic() - client.progress > CLIENT_STALL_S:
+            self.drop(client, f"Attach client stopped reading: dropped it {client.queued} bytes behind")
+
     def _flush(self, client: AttachClient) -> None:
         queue = client.queue
+        sent = False
         while queue:
             pkt = queue[0]
             try:
                 client.sock.send(pkt)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 self.drop(client, None)
                 return
             queue.popleft()
             client.queued -= len(pkt)
-        self._update_mask(client)
+            sent = True
+        if sent:
+            client.progress = monotonic()
+        if not queue:
+            self._update_mask(client)
 
     def flush_all(self, timeout: float = 1.0) -> None:
         """Give clients a last chance to take queued output before they are closed."""

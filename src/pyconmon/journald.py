@@ -27,10 +27,12 @@ at exit goes out marked partial by ``flush``.
 
 The socket is connected (so that poll can tell when journald's queue has room)
 and non-blocking.  journald's queue holds only ``net.unix.max_dgram_qlen``
-datagrams, so EAGAIN is routine during bursts: the writer waits for room, at
-most 50 ms at a time; when journald takes no datagram for that long the writer
-drops lines without waiting (warned once) until a send succeeds again or a
-second has passed.  A missing or refusing socket is warned about once and the
+datagrams, so EAGAIN is routine during bursts: the writer waits for room, as
+long as journald keeps taking entries (a slow journal is like a slow disk: the
+log must not lose lines, so the container is slowed instead, as with C
+conmon).  Only when journald takes no datagram for 2 s is it taken for stuck:
+the writer then drops lines without waiting (warned once) until a send
+succeeds again or a second has passed.  A missing or refusing socket is warned about once and the
 lines dropped; each later ``write`` tries to reconnect.  Nothing raises out of
 ``write``.
 """
@@ -48,7 +50,7 @@ from .diag import Diagnostics
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 LINE_BUF = 8192  # the per-stream buffer: a MESSAGE is at most this many bytes
-WAIT_MS = 50  # longest single wait for room in journald's queue
+WAIT_MS = 2000  # journald taking nothing for this long is stuck, not busy
 CONGESTED_S = 1.0  # how long to drop without waiting after a wait timed out
 
 STDOUT, STDERR = 2, 3

@@ -65,11 +65,12 @@ def tune_malloc() -> None:
     thresholds, buffers that size are returned to the kernel when freed and
     faulted in again on the next read: one page fault per 4 KiB of output,
     which doubled the kernel time of a flood.  Fixed thresholds above the
-    working set (a few MiB) make the heap reuse them instead.
+    working set make the heap reuse them instead; trimming stays on above
+    4 MiB so a backlog that was dropped (a stuck attach client) goes back.
     """
     set_option = _mallopt if _mallopt is not None else libc().mallopt
     set_option(M_MMAP_THRESHOLD, 16 << 20)
-    set_option(M_TRIM_THRESHOLD, 32 << 20)
+    set_option(M_TRIM_THRESHOLD, 4 << 20)
 
 
 def set_subreaper(on: bool) -> None:
