@@ -79,8 +79,8 @@ def exit_code(podman, cid):
 class Pane:
     """One command in a tmux pane of a known size, on a private tmux server.
 
-    The pane's shell prints ``PODMAN_RC=<status>`` when the command ends (and
-    writes it to a file), then sleeps, so the screen stays readable.
+    When the command ends, the pane's shell writes its status to a file, then
+    prints ``PODMAN_RC=<status>`` and sleeps, so the screen stays readable.
     """
 
     def __init__(self, cols, rows):
@@ -99,9 +99,9 @@ class Pane:
     def start(self, argv, env, cwd):
         script = os.path.join(self.dir, "pane.sh")
         with open(script, "w") as f:
-            f.write(f"cd {shlex.quote(cwd)}\n{shlex.join(argv)}\nrc=$?\necho PODMAN_RC=$rc\n"
+            f.write(f"cd {shlex.quote(cwd)}\n{shlex.join(argv)}\nrc=$?\n"
                     f"echo $rc > {self.rc_path}.tmp && mv {self.rc_path}.tmp {self.rc_path}\n"
-                    "exec sleep 600\n")
+                    "echo PODMAN_RC=$rc\nexec sleep 600\n")
         self.tmux("new-session", "-d", "-s", "pcm", "-x", self.cols, "-y", self.rows, f"sh {script}", env=env)
         self.started = True
 
@@ -246,6 +246,8 @@ def test_exec_it(podman, sleeper, ref_and_installed, pane_factory):
     pane.wait_for(r"^T:/dev/pts/\d+\r?$")
     # Podman writes this first size into ctl before the runtime runs, i.e. before there is a pty.
     assert pane.ask_size("S") == (20, 90)
+    pane.resize(70, 15)
+    assert pane.ask_size("R", want=(15, 70)) == (15, 70)
     pane.type("exit 9")
     assert pane.rc() == 9
 
