@@ -204,6 +204,8 @@ def test_exit_command(testbed, monitor_bin, delay):
 # argv, NUL-separated; the time; whether the exit file was there already
 now=$(date +%s.%N)
 for a in "$0" "$@"; do printf '%s\\0' "$a"; done > {out}/args.tmp
+exec >{out}/fds  # a permanent redirection: no saved copy of the old stdout shows up below
+ls -l /proc/$$/fd/
 [ -e "{exit_file_path}/$EXPECT_CID" ] && echo yes > {out}/seen
 echo "$now" > {out}/when.tmp
 mv {out}/args.tmp {out}/args
@@ -211,8 +213,13 @@ mv {out}/when.tmp {out}/when
 """)
     cid = testbed.cid()
     extra = ["--exit-delay", str(delay)] if delay else []
-    m = testbed.run(monitor_bin, ["sh", "-c", "exit 5"], workdir=workdir, cid=cid,
-                    exit_command=[script, *EXIT_ARGS], extra_args=extra, env_extra={"EXPECT_CID": cid})
+    r, w = os.pipe()  # an inherited fd (Podman passes port reservations): must not reach the command
+    try:
+        m = testbed.run(monitor_bin, ["sh", "-c", "exit 5"], workdir=workdir, cid=cid, extra_fds=[w],
+                        exit_command=[script, *EXIT_ARGS], extra_args=extra, env_extra={"EXPECT_CID": cid})
+    finally:
+        os.close(r)
+        os.close(w)
     assert m.wait_exit_file() == 5
     exit_mtime = os.stat(m.exit_file).st_mtime
     poll_until(lambda: os.path.exists(os.path.join(out, "when")), timeout=delay + 10, what="exit command")
@@ -220,6 +227,11 @@ mv {out}/when.tmp {out}/when
         argv = f.read().split(b"\0")[:-1]
     assert [a.decode() for a in argv] == [script, *EXIT_ARGS]
     assert os.path.exists(os.path.join(out, "seen")), "exit command ran before the exit file existed"
+    with open(os.path.join(out, "fds")) as f:
+        fds = dict(line.rstrip("\n").split()[-3::2] for line in f if " -> " in line)
+    # only stdio (and the shell's own handle on its script) reach the exit command
+    leaked = {fd: target for fd, target in fds.items() if int(fd) > 2 and target != script}
+    assert not leaked, fds
     with open(os.path.join(out, "when")) as f:
         ran_at = float(f.read())
     assert ran_at >= exit_mtime + delay - 0.05, (ran_at - exit_mtime, delay)
@@ -289,6 +301,18 @@ def test_runtime_fails(testbed, monitor_bin):
     m.wait(10)
     assert not pid_alive(m.pid)
     assert read_exit_file(m.exit_file) is None
+    assert not os.listdir(m.exit_dir)
+
+
+def test_runtime_fails_with_lots_of_stderr(testbed):
+    """pyconmon only: a runtime that writes more than a pipe holds before failing is reported, not
+    waited for forever (C conmon 2.1.6 reads the stderr pipe only after the runtime exits: deadlock)."""
+    rt = write_script(os.path.join(testbed.workdir(), "rt"),
+                      "#!/bin/sh\nhead -c 100000 /dev/zero | tr '\\0' e >&2\necho final >&2\nexit 1\n")
+    m = testbed.run(LAUNCHER, ["true"], start=False, extra_args=["-r", rt])
+    assert m.first_status == 0
+    assert m.sync_msg == {"data": -1, "message": "e" * 8192}, m.describe()  # the first 8 KiB
+    m.wait(10)
     assert not os.listdir(m.exit_dir)
 
 
