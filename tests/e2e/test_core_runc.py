@@ -568,6 +568,47 @@ def test_two_clients_every_byte_in_order(testbed, monitor_bin):
     assert m.wait_exit_file() == 0
 
 
+def attach_retry(m):
+    """Connect a client; while the listen backlog (10) is full, connect() says EAGAIN: retry."""
+    def connect():
+        try:
+            return m.attach()
+        except BlockingIOError:
+            return None
+    return poll_until(connect, what="a free slot in the attach backlog")
+
+
+def test_many_clients(testbed, monitor_bin):
+    """Any number of clients (more than the listen backlog), each gets the whole output."""
+    m = testbed.run(monitor_bin, ["seq", "1", "5000"], start=False)
+    clients = [attach_retry(m) for _ in range(25)]
+    m.start_container()
+    expected = {2: "".join(f"{i}\n" for i in range(1, 5001)).encode()}
+    assert all(out == expected for out in read_all(clients))
+    assert m.wait_exit_file() == 0
+
+
+def test_stdin_flood_through_a_slow_container(testbed):
+    """pyconmon only: 2 MB of input for a container that reads late and echoes everything. C conmon
+    writes stdin with blocking writes and stops reading the container's output meanwhile: once
+    both pipes are full, it deadlocks."""
+    m = testbed.run(LAUNCHER, ["sh", "-c", "usleep 300000; cat"], stdin=True, start=False)
+    c = m.attach()
+    m.start_container()
+    data = b"".join(b"%07d\n" % i for i in range(250_000))
+    done = []
+    t = threading.Thread(target=lambda: done.append(drain(c, 60)))
+    t.start()
+    for i in range(0, len(data), 32768):  # CRI-O's packet size
+        c.send(data[i:i + 32768])
+    c.shutdown_write()
+    t.join(65)
+    assert done and done[0].get(2, b"") == data
+    assert m.wait_exit_file(30) == 0
+    lines = m.log_lines()
+    assert len(lines) == 250_000 and lines[-1].content == b"0249999"
+
+
 def test_stuck_client_does_not_stall(testbed):
     """pyconmon only: C conmon blocks on a client that stops reading (CONTRACT 4).
 
