@@ -460,6 +460,23 @@ def test_passthrough(testbed, monitor_bin):
     assert not os.path.exists(m.log_path)
 
 
+@pytest.mark.parametrize("stdin", [False, True], ids=["no-i", "i"])
+def test_passthrough_stdin(testbed, monitor_bin, stdin):
+    """The container reads the caller's own stdin (a pipe), with or without -i."""
+    r, w = os.pipe()
+    try:
+        m = testbed.run(monitor_bin, ["sh", "-c", "cat; echo done"], log_driver="passthrough", first_stdin=r,
+                        stdin=stdin)
+    finally:
+        os.close(r)
+    os.write(w, b"piped input\n")
+    os.close(w)
+    assert m.wait_exit_file() == 0
+    m.wait(10)
+    assert m.wait_stdio_eof(10)
+    assert m.stdout == b"piped input\ndone\n"
+
+
 @pytest.mark.parametrize("fd", [0, 1, 2])
 def test_passthrough_refuses_tty(testbed, fd):
     """pyconmon only: a tty as the monitor's stdio would be handed to the container (TIOCSTI)."""
@@ -703,6 +720,16 @@ def test_hundred_thousand_lines(testbed, monitor_bin, how):
     got = [x.content for x in lines]
     assert len(got) == n
     assert got == [str(i).encode() for i in range(1, n + 1)]
+
+
+def test_leftover_process_holding_the_pipes(testbed, monitor_bin):
+    """A background process (no pid namespace, so it outlives the container's main process) keeps
+    the output pipes open: the monitor still finishes when the main process exits."""
+    m = testbed.run(monitor_bin, ["sh", "-c", "(sleep 100; echo late) & echo main-done"],
+                    bundle_kw={"edit": no_pid_ns})
+    assert m.wait_exit_file() == 0
+    m.wait(10)
+    assert [x.content for x in m.log_lines()] == [b"main-done"]
 
 
 def test_flood_then_immediate_exit_both_streams(testbed):
