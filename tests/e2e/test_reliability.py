@@ -27,6 +27,7 @@ from support.harness import (
     pid_alive,
     poll_until,
     read_exit_file,
+    wait_pid_gone,
     write_ctl,
 )
 
@@ -373,3 +374,148 @@ def test_churn_returns_fds_and_memory(testbed):
     c.close()
     subprocess.run([RUNC, "kill", m.cid, "KILL"], capture_output=True, timeout=30)
     assert m.wait_exit_file() == 137
+
+
+# --------------------------------------------------------------------------
+# peers that die
+
+
+@pytest.mark.parametrize("style", ["podman", "crio"])
+def test_caller_closes_sync_pipe_early(testbed, monitor_bin, style):
+    """The caller goes away before the pid is reported: EPIPE, yet the container runs and is recorded.
+
+    C conmon 2.1.6 dies of the failed write instead (no log, no exit file).
+    """
+    m = testbed.run(monitor_bin, ["sh", "-c", "echo hi; exit 5"], style=style, write_start=False)
+    m.sync.close()
+    assert m.write_start()
+    assert m.wait_first() == 0
+    m.read_conmon_pidfile()
+    poll_until(lambda: (container_state(m.cid, m.runtime_root) or {}).get("status") == "created", 10,
+               what="the container to be created")
+    if is_c(monitor_bin):
+        # conmon 2.1.6 exits on the failed pid write: the container then runs unwatched
+        wait_pid_gone(m.pid, 10)
+        m.start_container()
+        poll_until(lambda: container_state(m.cid, m.runtime_root)["status"] == "stopped", what="container exit")
+        assert read_exit_file(m.exit_file) is None
+        return
+    m.start_container()
+    assert m.wait_exit_file() == 5
+    assert [x.content for x in m.log_lines()] == [b"hi"]
+    m.wait(10)
+
+
+def _sleeping_runtime(d, holder):
+    """A runtime that never finishes creating: it records its pid, then sleeps.
+
+    ``holder=False``: the runtime process itself sleeps (exec), after writing a
+    line to stderr.  ``holder=True``: it writes nothing and leaves a child
+    (pid in ``child.pid``) holding its stderr, as a half-started ``runc init`` can.
+    """
+    path = os.path.join(d, "runtime")
+    body = (f"sleep 60 & echo $! > {d}/child.pid\nwait\n" if holder
+            else "echo 'runtime: starting' >&2\nexec sleep 60\n")
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\necho $$ > {d}/runtime.pid\n{body}")
+    os.chmod(path, 0o755)
+    return path
+
+
+def _read_pid(path):
+    def get():
+        try:
+            with open(path) as f:
+                return int(f.read())
+        except (FileNotFoundError, ValueError):
+            return None
+    return poll_until(get, what=path)
+
+
+@pytest.mark.parametrize("case", ["kill-runtime", "kill-runtime-child-holds-stderr", "sigterm-monitor"])
+def test_runtime_dies_mid_create(testbed, monitor_bin, case):
+    """The runtime dies before the container exists: -1 on the sync pipe, the monitor exits, no exit file.
+
+    ``sigterm-monitor``: SIGTERM to the monitor while there is no container
+    pid yet goes to the runtime child (CONTRACT 2.9), which dies of it.
+    C conmon 2.1.6 hangs in ``kill-runtime-child-holds-stderr``: it reads the
+    runtime's stderr with a blocking read until EOF, which only comes when the
+    runtime's leftover child exits (and then it leaves without reporting
+    anything); pyconmon reports -1 at once.
+    """
+    d = testbed.workdir("rt")
+    holder = case == "kill-runtime-child-holds-stderr"
+    runtime = _sleeping_runtime(d, holder)
+    m = testbed.run(monitor_bin, ["true"], start=False, read_sync=False, extra_args=["-r", runtime])
+    assert m.first_status == 0 and m.pid, m.describe()
+    runtime_pid = _read_pid(os.path.join(d, "runtime.pid"))
+    child = _read_pid(os.path.join(d, "child.pid")) if holder else None
+    if case == "sigterm-monitor":
+        os.kill(m.pid, signal.SIGTERM)
+    else:
+        os.kill(runtime_pid, signal.SIGKILL)
+    if holder:
+        try:
+            if is_c(monitor_bin):
+                with pytest.raises(TimeoutError):
+                    m.read_sync(3)
+                assert pid_alive(m.pid)
+                os.kill(child, signal.SIGKILL)  # EOF on the pipe at last
+            msg = m.read_sync(5)
+        finally:
+            if pid_alive(child):
+                os.kill(child, signal.SIGKILL)
+        if is_c(monitor_bin):
+            assert msg in (None, {"data": -1, "message": ""}), msg  # 2.1.6 then leaves without a word
+        else:
+            assert msg == {"data": -1, "message": "Failed to create container: exit status 137"}, msg
+    else:
+        msg = m.read_sync(5)
+        assert msg == {"data": -1, "message": "runtime: starting\n"}, msg
+    m.wait(10)
+    assert not pid_alive(runtime_pid)
+    assert os.listdir(m.exit_dir) == []
+    assert container_state(m.cid) is None
+
+
+# Every signal whose default action ends the process (man 7 signal), uncatchable SIGKILL included,
+# and two real-time ones.
+DEADLY = [signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGILL, signal.SIGTRAP, signal.SIGABRT,
+          signal.SIGBUS, signal.SIGFPE, signal.SIGKILL, signal.SIGUSR1, signal.SIGSEGV, signal.SIGUSR2,
+          signal.SIGPIPE, signal.SIGALRM, signal.SIGTERM, signal.SIGSTKFLT, signal.SIGXCPU, signal.SIGXFSZ,
+          signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGPWR, signal.SIGSYS, signal.SIGRTMIN,
+          signal.SIGRTMAX]
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def test_container_killed_by_every_deadly_signal(testbed, monitor_bin):
+    """One container per signal (not a pid-namespace init, so default actions apply): 128+N each."""
+    monitors = []
+    for sig in DEADLY:
+        m = testbed.run(monitor_bin, ["sleep", "60"], bundle_kw={"edit": no_pid_ns})
+        assert m.container_pid, m.describe()
+        monitors.append((sig, m))
+    for sig, m in monitors:
+        # runc start returns before runc init has exec'd the process; a signal that early goes to runc init
+        poll_until(lambda m=m: _cmdline(m.container_pid).startswith(b"sleep\0"), what="sleep to be exec'd")
+        os.kill(m.container_pid, sig)
+    got = {sig.name if hasattr(sig, "name") else str(sig): m.wait_exit_file() for sig, m in monitors}
+    assert got == {(sig.name if hasattr(sig, "name") else str(sig)): 128 + int(sig) for sig, _ in monitors}
+
+
+def test_monitor_sigkilled_container_keeps_running(testbed, monitor_bin):
+    m = testbed.run(monitor_bin, ["sleep", "60"])
+    assert m.container_pid, m.describe()
+    os.kill(m.pid, signal.SIGKILL)
+    wait_pid_gone(m.pid, 10)
+    with pytest.raises(TimeoutError):  # it stays up
+        wait_pid_gone(m.container_pid, 1.0)
+    assert container_state(m.cid)["status"] == "running"
+    assert read_exit_file(m.exit_file) is None
