@@ -260,9 +260,11 @@ def test_attach_to_running_container(podman_clean, installed_conmon):
     try:
         out, err = _Lines(p.stdout), _Lines(p.stderr)
         poll_until(lambda: len(out.lines) >= 3 and len(err.lines) >= 3, SLOW, what="attached output")
-        assert podman("exec", cid, "touch", "/tmp/stop", conmon=conmon, timeout=SLOW).returncode == 0
-        assert p.wait(SLOW) == 0
+        r = podman("exec", cid, "touch", "/tmp/stop", conmon=conmon, timeout=SLOW)
+        assert r.returncode == 0, r.stderr
+        rc = p.wait(SLOW)
         out_lines, err_lines = out.join(10), err.join(10)
+        assert rc == 0, (rc, out_lines[-3:], err_lines[-3:])
     finally:
         if p.poll() is None:
             p.kill()
@@ -273,7 +275,8 @@ def test_attach_to_running_container(podman_clean, installed_conmon):
     assert exit_code(podman, cid) == "exited 0"
     # attaching saw only the tail: the log has it all, from line0
     stdout, _ = logs(podman, conmon, cid)
-    assert stdout.startswith("line0\n") and stdout.endswith("\n".join(out_lines[:-2]) + "\nlast\n")
+    assert stdout.startswith("line0\n"), stdout[:50]
+    assert stdout.endswith("\n".join(out_lines[:-2]) + "\nlast\n"), (stdout[-50:], out_lines[-5:])
 
 
 # --------------------------------------------------------------------------
