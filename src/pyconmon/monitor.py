@@ -417,7 +417,7 @@ class Monitor:
             status = run_exit_command([opts.exit_command, *opts.exit_command_args], opts.exit_delay, self.old_oom)
             if status:
                 return status
-        return 0
+        return code & 0xFF  # as conmon: a --sync caller sees the container's code as our status
 
     def _teardown(self) -> None:
         for part in (self.attach, self.fifos, self.notify, self.oom):
