@@ -371,10 +371,11 @@ class AttachClient:
         return self.output()
 
     def output(self):
-        out = {}
+        """{stream id: bytes}: everything received, joined once per stream."""
+        parts = {}
         for stream, data in self.packets:
-            out[stream] = out.get(stream, b"") + data
-        return out
+            parts.setdefault(stream, []).append(data)
+        return {stream: b"".join(chunks) for stream, chunks in parts.items()}
 
     def send(self, data):
         self.sock.sendall(data)
