@@ -11,13 +11,17 @@ KILL/TERM (test_core_runc.py::test_exit_codes), the global log cap
 """
 
 import os
+import re
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from support import MONITORS, RUNC
 from support.harness import (
@@ -342,8 +346,8 @@ def connect(path, timeout=10):
 def test_churn_returns_fds_and_memory(testbed):
     """1000 attach connect/disconnect cycles and 1000 ctl messages while the container writes.
 
-    After a warm-up round the monitor's fd count and RSS are taken; after the
-    churn the fd count must come back exactly and RSS within 1 MiB.
+    The fd count before any client came must come back after a warm-up round
+    and after the churn; RSS, taken after the warm-up, must stay within 1 MiB.
     pyconmon only: C conmon 2.1.6 segfaults under this churn (attach clients
     that hang up before reading; seen after 30 to 1500 cycles, with or
     without ctl messages), leaving no exit file and an orphaned container.
@@ -361,8 +365,9 @@ def test_churn_returns_fds_and_memory(testbed):
             c.close()
             write_ctl(m.bundle, CTL_MESSAGES[i % len(CTL_MESSAGES)])
 
+    base_fds = fd_count(m.pid)  # no client has come yet
     churn(100)  # warm-up: lazy imports, allocator pools, the reopened log
-    base_fds = fd_count(m.pid)
+    poll_until(lambda: fd_count(m.pid) == base_fds, 10, what=f"fd count back to {base_fds} after the warm-up")
     base_rss = rss_kb(m.pid)
     churn(1000)
     poll_until(lambda: fd_count(m.pid) == base_fds, 10, what=f"fd count back to {base_fds}")
@@ -519,3 +524,170 @@ def test_monitor_sigkilled_container_keeps_running(testbed, monitor_bin):
         wait_pid_gone(m.container_pid, 1.0)
     assert container_state(m.cid)["status"] == "running"
     assert read_exit_file(m.exit_file) is None
+
+
+# --------------------------------------------------------------------------
+# least privilege
+# (the exit command gets its arguments verbatim, no shell: test_core_runc.py::test_exit_command;
+# the notify socket's filter: test_notify_fds.py)
+
+
+@pytest.mark.parametrize("style", ["podman", "crio"])
+def test_attach_socket_is_owner_only(testbed, monitor_bin, style):
+    m = testbed.run(monitor_bin, ["sleep", "60"], style=style)
+    assert m.container_pid, m.describe()
+    st = os.stat(m.attach_path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == 0
+    if style == "crio":  # <socket dir>/<cuuid> is a symlink to the bundle, the socket is in the bundle
+        assert os.readlink(os.path.join(m.socket_dir, m.cuuid)) == m.bundle
+    os.kill(m.container_pid, signal.SIGKILL)
+    assert m.wait_exit_file() == 137
+
+
+def _fd_targets(pid):
+    return {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+
+
+@pytest.mark.parametrize("case", ["podman", "crio", "terminal", "exec"])
+def test_container_gets_only_its_stdio(testbed, monitor_bin, case):
+    """From the host: the container's process holds fds 0-2 and nothing else.
+
+    The monitor is given an extra inherited fd (a pipe, like Podman's port
+    reservations) and holds its own descriptors (sync pipe, attach socket,
+    FIFOs, log file, epoll...); none of them reaches the container or an
+    exec'd process.  (Preserved fds: test_notify_fds.py.)
+    """
+    r, w = os.pipe()
+    try:
+        style = "crio" if case == "crio" else "podman"
+        m = testbed.run(monitor_bin, ["sleep", "60"], style=style, terminal=case == "terminal", extra_fds=[w])
+        assert m.container_pid, m.describe()
+        pid = m.container_pid
+        if case == "exec":
+            e = testbed.exec(monitor_bin, m, ["sleep", "60"], style="podman")
+            assert e.container_pid, e.describe()
+            pid = e.container_pid
+        poll_until(lambda: _cmdline(pid).startswith(b"sleep\0"), what="sleep to be exec'd")
+        fds = _fd_targets(pid)
+        monitor_fds = _fd_targets(m.pid)
+        assert sorted(fds) == [0, 1, 2], fds
+        if case == "terminal":
+            assert all(t.startswith("/dev/pts/") for t in fds.values()), fds
+        else:
+            assert fds[0] == "/dev/null", fds
+        assert f"pipe:[{os.fstat(r).st_ino}]" in monitor_fds.values()  # the monitor does hold it
+        if case == "exec":
+            os.kill(pid, signal.SIGKILL)
+            assert e.wait_exit_file() == 137
+        os.kill(m.container_pid, signal.SIGKILL)
+        assert m.wait_exit_file() == 137
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+BAD_IDS = ["../escape", "a/b", "..", ".", "/abs"]
+
+
+@pytest.mark.parametrize("which", ["--cid", "--cuuid"])
+@pytest.mark.parametrize("value", BAD_IDS)
+def test_id_with_slash_or_dotdot_is_refused(testbed, which, value):
+    """conmon builds <exit-dir>/<cid> and <socket-dir>/<cuuid> from these; pyconmon refuses them."""
+    d = testbed.workdir("rt")
+    runtime = _sleeping_runtime(d, False)
+    m = testbed.run(LAUNCHER, ["true"], style="crio", start=False, extra_args=[which, value, "-r", runtime])
+    assert m.first_status == 1, m.describe()
+    assert m.wait_stdio_eof(10)
+    assert m.stderr.startswith(f"[conmon:e]: Invalid {which} ".encode()), m.stderr
+    assert m.sync_msg is None  # nothing started: the sync pipe just closes
+    assert not os.path.exists(os.path.join(d, "runtime.pid"))
+    assert os.listdir(m.socket_dir) == [] and os.listdir(m.exit_dir) == []
+
+
+def test_c_conmon_follows_dotdot_in_cuuid(testbed):
+    """What the check prevents: C conmon 2.1.6 puts the attach link at <socket dir>/../<name>."""
+    name = f"pcm-escape-{os.getpid()}-{time.monotonic_ns()}"
+    m = testbed.run(C_CONMON, ["sleep", "60"], style="crio", extra_args=["--cuuid", f"../{name}"])
+    escaped = os.path.join(os.path.dirname(m.socket_dir), name)
+    try:
+        assert m.container_pid, m.describe()
+        assert os.path.islink(escaped) and os.readlink(escaped) == m.bundle
+        os.kill(m.container_pid, signal.SIGKILL)
+        assert m.wait_exit_file() == 137
+    finally:
+        if os.path.lexists(escaped):
+            os.unlink(escaped)
+
+
+# --------------------------------------------------------------------------
+# hostile input never crashes the monitor
+# (in-process properties: tests/unit/test_options.py, test_ctl.py, test_k8sfile.py, test_journald.py,
+# test_notify.py; garbage on the real ctl/winsz FIFOs: test_terminal_exec.py::test_ctl_garbage_then_valid_resize;
+# here the real program's command line and the real notify socket)
+
+cli_words = st.one_of(
+    st.sampled_from(["--cid", "-c", "--cuuid", "-u", "--api-version", "1", "--log-path", "-l", "--timeout", "-T",
+                     "--exit-delay", "--", "-", "-ti", "-cX", "--log-level", "DEBUG", "bogus", "--runtime=/bin/true",
+                     "-e", "--exec-attach", "--exec-process-spec", "--restore", "--log-max-files", "-1",
+                     "--log-rotate", "journald:", "k8s-file:", "none:", "passthrough:", "--log-label", "A=B",
+                     "--log-tag", "--log-size-max", "99999999999999999999999", "--version", "--help", "-h",
+                     "--sdnotify-socket", "--socket-dir-path", "--persist-dir", "-0", "--exit-dir", "../x",
+                     "--full-attach", "--bundle", "/nonexistent", "--syslog", "--sync", "--no-pivot"]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12),
+)
+USAGE_OR_ERROR = re.compile(r"^(\[conmon:e\]: |conmon: )")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=st.lists(cli_words, max_size=10))
+def test_any_command_line_exits_cleanly(tmp_path, argv):
+    """The real program (the checkout launcher, --sync, a runtime that doesn't exist) on any argv:
+    exit 0 with the version or the help, or exit 1 with nothing but ``[conmon:e]``/``conmon:`` lines."""
+    r = subprocess.run([LAUNCHER, *argv, "--sync", "-r", "/nonexistent"], capture_output=True, timeout=30,
+                       cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    err = r.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err
+    if r.returncode == 0:
+        assert r.stdout.startswith((b"conmon version ", b"Usage:")), r.stdout[:200]
+    else:
+        assert r.returncode == 1, (r.returncode, err)
+        lines = err.splitlines()
+        assert lines and all(USAGE_OR_ERROR.match(x) for x in lines), err
+    assert os.listdir(tmp_path) == []  # nothing started, nothing written
+
+
+def test_garbage_on_the_notify_socket(testbed):
+    """Random datagrams (NULs, no newline, 200 kB) at the container's notify socket: nothing passes
+    but the allowed lines, and the relay keeps working."""
+    import random
+
+    from test_notify_fds import Listener, _bundle_with_notify
+
+    from support.bundle import make_bundle
+    rng = random.Random(11)
+    listener = Listener(testbed.short_dir())
+    try:
+        workdir, bundle, kw = _bundle_with_notify(testbed, None)
+        make_bundle(bundle, ["sleep", "60"], **kw)
+        m = testbed.run(LAUNCHER, workdir=workdir, bundle=bundle, style="crio",
+                        extra_args=[f"--sdnotify-socket={listener.path}"])
+        assert m.container_pid, m.describe()
+        path = os.path.join(bundle, "notify", "notify.sock")
+        out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        out.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        try:
+            for _ in range(300):
+                junk = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400)))
+                out.sendto(junk.replace(b"STATUS=", b"").replace(b"ERRNO=", b""), path)  # keep prefixes out
+            out.sendto(b"\0" * 200_000, path)
+            out.sendto(b"READY=1\0MAINPID=1\nSTATUS=ok\n\n", path)
+            out.sendto(b"WATCHDOG=1", path)
+        finally:
+            out.close()
+        got = [listener.recv(), listener.recv()]
+        assert got == [b"STATUS=ok", b"WATCHDOG=1"], got
+        assert pid_alive(m.pid)
+        os.kill(m.container_pid, signal.SIGKILL)
+        assert m.wait_exit_file() == 137
+    finally:
+        listener.close()
