@@ -113,8 +113,12 @@ def test_million_lines_then_exit_mid_line(testbed, monitor_bin):
 
 
 def test_burst_then_sigkill_itself(testbed, monitor_bin):
-    """``seq 1 300000; kill -9 $$``: up to a pipe full is unread when the process dies; all of it is logged."""
-    n = 300_000
+    """A 10 MB burst, then ``kill -9 $$``: up to a pipe full is unread when the process dies; all is logged.
+
+    (A pipe holds at most 1 MiB here (/proc/sys/fs/pipe-max-size), so that is
+    the most that can be "still buffered"; the next test makes sure it is.)
+    """
+    n = 1_400_000  # 10.1 MB
     m = testbed.run(monitor_bin, ["sh", "-c", f"seq 1 {n}; kill -9 $$; echo never"],
                     bundle_kw={"edit": no_pid_ns})
     assert m.container_pid, m.describe()
