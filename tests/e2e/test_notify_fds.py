@@ -291,11 +291,19 @@ def _pipe_holders(ino, pids):
     return out
 
 
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def test_preserved_fd_is_open_in_the_container(testbed, monitor_bin):
     r, w = os.pipe()
     ino = os.fstat(w).st_ino
     try:
-        m = testbed.run(monitor_bin, ["sh", "-c", "readlink /proc/self/fd/3; echo via-fd3 >&3; sleep 30"],
+        m = testbed.run(monitor_bin, ["sh", "-c", "readlink /proc/self/fd/3; echo via-fd3 >&3; exec sleep 30"],
                         style="podman", preserve_fds=[w],
                         extra_args=["--runtime-opt", "--preserve-fds", "--runtime-opt", "1"])
         os.close(w)
@@ -305,6 +313,8 @@ def test_preserved_fd_is_open_in_the_container(testbed, monitor_bin):
         assert [x.content for x in m.log_lines()] == [f"pipe:[{ino}]".encode()]
         assert os.read(r, 100) == b"via-fd3\n"
         # from the host: the container's init holds 0-2 and the preserved fd, nothing else
+        # (once it is sleep: the shell keeps a saved copy of fd 1 around a redirection)
+        poll_until(lambda: _cmdline(m.container_pid).startswith(b"sleep\0"), what="exec sleep")
         assert sorted(int(x) for x in os.listdir(f"/proc/{m.container_pid}/fd")) == [0, 1, 2, 3]
         assert os.readlink(f"/proc/{m.container_pid}/fd/3") == f"pipe:[{ino}]"
         os.kill(m.container_pid, signal.SIGKILL)
