@@ -8,17 +8,10 @@ stored in order.
 
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-for p in (str(REPO / "src"), str(REPO)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
 from tests.support.journald_service import (
     Entry,
     ensure_journald,

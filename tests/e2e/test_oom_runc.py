@@ -27,8 +27,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-
 from pyconmon.diag import Diagnostics
 from pyconmon.oom import V1, OomWatcher
 

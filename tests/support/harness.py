@@ -506,7 +506,7 @@ class Monitor:
                  start_kind, attach_kind=None, preserve_fds=(), extra_fds=(), setpgroup=True,
                  stdin=None, stdout=None, stderr=None, bundle=None, tracker=None, **paths):
         self.conmon = conmon
-        self.argv = [conmon] + list(argv)
+        self.argv = [conmon, *argv]
         self.env = dict(env)
         self.cwd = cwd
         self.style = style
@@ -573,7 +573,7 @@ class Monitor:
         else:
             stdin = self._stdin
         outs = []
-        for which, given, buf in (("out", self._stdout, self._out), ("err", self._stderr, self._err)):
+        for given, buf in ((self._stdout, self._out), (self._stderr, self._err)):
             if given is None:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 done = threading.Event()

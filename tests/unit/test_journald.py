@@ -20,10 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "src") not in sys.path:
-    sys.path.insert(0, str(REPO / "src"))
-
 from pyconmon import journald
 from pyconmon.diag import Diagnostics
 from pyconmon.journald import (

@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from pyconmon.diag import Diagnostics
 from pyconmon.notify import NotifyRelay, filter_notify

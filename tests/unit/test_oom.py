@@ -14,12 +14,9 @@ from __future__ import annotations
 import os
 import select
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from pyconmon.diag import Diagnostics
 from pyconmon.oom import (

@@ -82,12 +82,16 @@ def base(*extra):
     (base("-l", "journald:", "--log-label", "Ab=c"),
      "Container label names must contain only uppercase letters, numbers and underscore (in 'Ab')"),
     (base("-l", "journald:", "--log-label", "AB"), "Container labels must be in format LABEL=VALUE (no '=' in 'AB')"),
-    (["-c", "short", "-u", "x", "-r", "/bin/true", "-l", "journald:"], "Container ID must be longer than 12 characters"),
+    (["-c", "short", "-u", "x", "-r", "/bin/true", "-l", "journald:"],
+     "Container ID must be longer than 12 characters"),
     (base("--log-level", "loud"), "No such log level loud"),
     (base("--log-max-files", "-2"), "conmon: log-max-files must be non-negative, got -2"),
-    (base("--log-rotate", "--log-max-files", "0"), "conmon: log-max-files must be at least 1 when log-rotate is enabled, got 0"),
-    (["-c", "../etc", "-u", "x", "-r", "/bin/true", "-l", "none:"], "Invalid --cid '../etc': must not contain '/' or be '.' or '..'"),
-    (["-c", CID, "-u", "a/b", "-r", "/bin/true", "-l", "none:"], "Invalid --cuuid 'a/b': must not contain '/' or be '.' or '..'"),
+    (base("--log-rotate", "--log-max-files", "0"),
+     "conmon: log-max-files must be at least 1 when log-rotate is enabled, got 0"),
+    (["-c", "../etc", "-u", "x", "-r", "/bin/true", "-l", "none:"],
+     "Invalid --cid '../etc': must not contain '/' or be '.' or '..'"),
+    (["-c", CID, "-u", "a/b", "-r", "/bin/true", "-l", "none:"],
+     "Invalid --cuuid 'a/b': must not contain '/' or be '.' or '..'"),
 ])
 def test_validation_errors(argv, text):
     with pytest.raises(ConfigError) as err:
