@@ -2,8 +2,11 @@
 churn, hostile input.
 
 Most tests run against both monitors (``monitor_bin``): C conmon 2.1.6 is the
-reference where it behaves, and where it doesn't (a stuck attach client
-stalls it) the test asserts its failure next to pyconmon's success.  Related
+reference where it behaves, and where it doesn't the test asserts its
+failure next to pyconmon's success (a stuck attach client stalls it; a full
+disk makes it warn per write and leave torn records; it dies when the caller
+closes the sync pipe early; it hangs on a runtime whose leftover child holds
+stderr; it follows ``../`` in ``--cuuid``).  Related
 tests live elsewhere and are not repeated here: signals forwarded to a
 running container (test_core_runc.py::test_signal_forwarding), exit codes of
 KILL/TERM (test_core_runc.py::test_exit_codes), the global log cap
@@ -515,8 +518,8 @@ def test_container_killed_by_every_deadly_signal(testbed, monitor_bin):
         # runc start returns before runc init has exec'd the process; a signal that early goes to runc init
         poll_until(lambda m=m: _cmdline(m.container_pid).startswith(b"sleep\0"), what="sleep to be exec'd")
         os.kill(m.container_pid, sig)
-    got = {sig.name if hasattr(sig, "name") else str(sig): m.wait_exit_file() for sig, m in monitors}
-    assert got == {(sig.name if hasattr(sig, "name") else str(sig)): 128 + int(sig) for sig, _ in monitors}
+    got = {sig.name: m.wait_exit_file() for sig, m in monitors}
+    assert got == {sig.name: 128 + int(sig) for sig, _ in monitors}
 
 
 def test_monitor_sigkilled_container_keeps_running(testbed, monitor_bin):
