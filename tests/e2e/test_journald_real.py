@@ -19,8 +19,8 @@ from tests.support.journald_service import (
     unavailable_reason,
 )
 
-from pyconmon.diag import Diagnostics
 from pyconmon.journald import LINE_BUF, JournaldWriter
+from support.diag import RecordingDiag
 
 SENTINEL = b"--sentinel--\n"
 
@@ -48,16 +48,6 @@ def collect(w: JournaldWriter, cid: str, timeout: float = 20.0) -> list[Entry]:
 
 def simple(entries: list[Entry]) -> list[tuple[object, object, bool]]:
     return [(e["MESSAGE"], e["PRIORITY"], "CONTAINER_PARTIAL_MESSAGE" in e) for e in entries]
-
-
-class RecordingDiag(Diagnostics):
-    def __init__(self) -> None:
-        super().__init__()
-        self.use_stderr = False
-        self.messages: list[str] = []
-
-    def log(self, level: int, text: str) -> None:
-        self.messages.append(text)
 
 
 def test_every_field(journal: str) -> None:
@@ -220,7 +210,7 @@ def test_missing_socket_warns_once(tmp_path: Path) -> None:
     w.flush()
     w.close()
     assert len(diag.messages) == 1
-    assert "no-journald" in diag.messages[0]
+    assert "no-journald" in diag.texts()[0]
 
 
 def test_refusing_socket_warns_once(tmp_path: Path) -> None:

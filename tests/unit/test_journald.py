@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyconmon import journald
-from pyconmon.diag import Diagnostics
 from pyconmon.journald import (
     LINE_BUF,
     JournaldWriter,
@@ -30,6 +29,7 @@ from pyconmon.journald import (
     split_prefix,
     valid_field_name,
 )
+from support.diag import RecordingDiag
 
 CID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
@@ -169,15 +169,12 @@ def test_syslog_identifier(name: str | None, tag: str | None, ident: bytes) -> N
     assert (b"CONTAINER_TAG" in d) is bool(tag)
 
 
-class RecordingDiag(Diagnostics):
+class ForgetfulDiag(RecordingDiag):
+    """Also records the keys the writer forgets (a condition that cleared)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.use_stderr = False
-        self.messages: list[str] = []
         self.forgotten: list[str] = []
-
-    def log(self, level: int, text: str) -> None:
-        self.messages.append(text)
 
     def forget(self, key: str) -> None:
         self.forgotten.append(key)
@@ -420,12 +417,12 @@ def test_big_entry_goes_in_a_sealed_memfd(sockpath: str) -> None:
 
 
 def test_missing_socket_warns_once_then_recovers(sockpath: str) -> None:
-    diag = RecordingDiag()
+    diag = ForgetfulDiag()
     w = JournaldWriter(CID, None, None, [], socket_path=sockpath, diag=diag)
     for _ in range(50):
         w.write(2, b"lost\n")
     w.flush()
-    assert len(diag.messages) == 1 and "cannot connect" in diag.messages[0]
+    assert len(diag.messages) == 1 and "cannot connect" in diag.texts()[0]
     rx = Receiver(sockpath)
     try:
         w.write(2, b"found\n")
@@ -455,7 +452,7 @@ def test_restarted_journald_is_reconnected(sockpath: str) -> None:
 
 def test_stuck_journal_waits_once_then_drops(sockpath: str) -> None:
     rx = Receiver(sockpath, drain=False)  # nobody reads: the queue fills up
-    diag = RecordingDiag()
+    diag = ForgetfulDiag()
     try:
         w = JournaldWriter(CID, None, None, [], socket_path=sockpath, diag=diag)
         start = time.monotonic()
@@ -464,7 +461,7 @@ def test_stuck_journal_waits_once_then_drops(sockpath: str) -> None:
         elapsed = time.monotonic() - start
         # one wait of WAIT_MS for a journal that takes nothing, then drops (a wait per entry would take ages)
         assert elapsed < journald.WAIT_MS / 1000 + 1.0, elapsed
-        assert len(diag.messages) == 1 and "not accepting" in diag.messages[0]
+        assert len(diag.messages) == 1 and "not accepting" in diag.texts()[0]
         rx.start()  # journald catches up
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:

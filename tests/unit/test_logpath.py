@@ -8,21 +8,11 @@ import os
 
 import pytest
 
-from pyconmon.diag import Diagnostics
 from pyconmon.k8sfile import K8sFileWriter
 from pyconmon.logpath import LogPathError, check_log_path
+from support.diag import RecordingDiag
 
 OTHER_UID = 65534
-
-
-class RecordingDiag(Diagnostics):
-    def __init__(self):
-        super().__init__()
-        self.use_stderr = False
-        self.messages = []
-
-    def log(self, level, text):
-        self.messages.append((level, text))
 
 
 @pytest.fixture

@@ -1,17 +1,7 @@
 """LogSinks: fan-out to every writer and the --log-global-size-max budget."""
 
-from pyconmon.diag import Diagnostics
 from pyconmon.logsink import LogSinks
-
-
-class RecordingDiag(Diagnostics):
-    def __init__(self):
-        super().__init__()
-        self.use_stderr = False
-        self.messages = []
-
-    def log(self, level, text):
-        self.messages.append(text)
+from support.diag import RecordingDiag
 
 
 class Writer:
@@ -66,7 +56,7 @@ def test_cap_counts_both_streams_then_drops_and_warns_once():
     for _ in range(100):
         sinks.write(3, b"dropped\n")
     assert w.data == {2: b"1234590", 3: b"678"}
-    assert diag.messages == ["Global log size limit reached: dropping further output"]
+    assert diag.texts() == ["Global log size limit reached: dropping further output"]
 
 
 def test_cap_warns_when_the_last_chunk_is_cut():

@@ -11,24 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyconmon.diag import Diagnostics
 from pyconmon.notify import NotifyRelay, filter_notify
+from support.diag import RecordingDiag
 
 # The contract's list (CONTRACT.md 4), spelled out here rather than imported.
 ALLOWED_LINES = frozenset({b"READY=1", b"RELOADING=1", b"STOPPING=1", b"WATCHDOG=1", b"WATCHDOG=trigger"})
 ALLOWED_PREFIXES = (b"STATUS=", b"ERRNO=", b"BUSERROR=", b"MONOTONIC_USEC=")
-
-
-class RecordingDiag(Diagnostics):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[tuple[int, str]] = []
-
-    def log(self, level: int, text: str) -> None:
-        self.messages.append((level, text))
-
-    def warnings(self) -> list[str]:
-        return [t for lvl, t in self.messages if lvl == 1]
 
 
 def allowed(line: bytes) -> bool:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from pyconmon.diag import Diagnostics
 from pyconmon.oom import (
     V1,
     V2,
@@ -28,18 +27,7 @@ from pyconmon.oom import (
     parse_counters,
     write_oom_files,
 )
-
-
-class RecordingDiag(Diagnostics):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[tuple[int, str]] = []
-
-    def log(self, level: int, text: str) -> None:
-        self.messages.append((level, text))
-
-    def warnings(self) -> list[str]:
-        return [t for lvl, t in self.messages if lvl == 1]
+from support.diag import RecordingDiag
 
 
 def events_text(oom: int = 0, oom_kill: int = 0) -> str:
