@@ -170,7 +170,8 @@ class K8sFileWriter:
         total = sum(map(len, pieces))
         limit = self.size_max
         if limit <= 0 or self.size + total <= limit:
-            if not (self.failing or len(pieces) > IOV_MAX or self._writev(pieces, total)):
+            # While failing, _write does the careful accounting; else one writev, unless it fell short.
+            if self.failing or len(pieces) > IOV_MAX or not self._writev(pieces, total):
                 self._write(b"".join(pieces))
             return
         out = b"".join(pieces)
