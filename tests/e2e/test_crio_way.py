@@ -34,40 +34,21 @@ from support.harness import (
     read_pidfile,
     wait_pid_gone,
 )
-from support.installed import install_podman_conmon, unavailable_reason
 
 # --------------------------------------------------------------------------
 # fixtures and helpers
 
 
-@pytest.fixture(scope="session")
-def installed_conmon(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    return install_podman_conmon(tmp_path_factory.getbasetemp() / "installed-conmon")
-
-
-def _monitor(request):
-    if request.param == "conmon":
-        if not os.access(C_CONMON, os.X_OK):
-            pytest.skip("Debian's conmon is not installed")
-        return C_CONMON
-    if request.param == "installed":
-        return request.getfixturevalue("installed_conmon")
-    return LAUNCHER
-
-
 @pytest.fixture(params=["conmon", "pyconmon"])
-def crio_monitor(request):
+def crio_monitor(request, monitor_named):
     """C conmon (reference) and the checkout launcher."""
-    return _monitor(request)
+    return monitor_named(request.param)
 
 
 @pytest.fixture(params=["conmon", "pyconmon", "installed"])
-def any_monitor(request):
+def any_monitor(request, monitor_named):
     """C conmon, the checkout launcher and the installed binary."""
-    return _monitor(request)
+    return monitor_named(request.param)
 
 
 def runc_kill(cid, sig):

@@ -12,25 +12,18 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tests.support.journald_service import (
-    Entry,
-    ensure_journald,
-    journal_entries,
-    unavailable_reason,
-)
 
 from pyconmon.journald import LINE_BUF, JournaldWriter
 from support.diag import RecordingDiag
+from support.journald_service import Entry, JournaldService, journal_entries
 
 SENTINEL = b"--sentinel--\n"
 
 
 @pytest.fixture(scope="module")
-def journal() -> str:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return ensure_journald().socket_path
+def journal(journal: JournaldService) -> str:
+    """The socket path of tests/e2e/conftest.py's journald (skipped where there is none)."""
+    return journal.socket_path
 
 
 def new_cid() -> str:

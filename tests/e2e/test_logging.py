@@ -39,7 +39,7 @@ from support.harness import (
     read_k8s_log,
     write_ctl,
 )
-from support.journald_service import ensure_journald, journal_entries, read_entries, unavailable_reason
+from support.journald_service import journal_entries, read_entries
 
 MiB = 1 << 20
 LINE_BUF = 8192  # journald per-stream buffer (CONTRACT 5)
@@ -52,14 +52,6 @@ def is_c(monitor):
 def skip_c(monitor, why):
     if is_c(monitor):
         pytest.skip(f"C conmon 2.1.6: {why}")
-
-
-@pytest.fixture(scope="module")
-def journal():
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return ensure_journald()
 
 
 def numbered(n, width=100, start=1):

@@ -17,78 +17,29 @@ import time
 
 import pytest
 
-from support import C_CONMON, LAUNCHER
+from support import C_CONMON
 from support.harness import poll_until, wait_pid_gone
-from support.installed import install_podman_conmon, unavailable_reason
+from support.podman import SLOW, exit_code, run_d
 
 pytestmark = pytest.mark.skipif(not os.path.exists(C_CONMON), reason="Debian's conmon is not installed")
 
-SLOW = 60  # seconds: deadline for anything Podman does
-
-
-@pytest.fixture(scope="session")
-def installed_conmon(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    return install_podman_conmon(tmp_path_factory.getbasetemp() / "installed-conmon")
-
 
 @pytest.fixture(params=["conmon", "installed", "checkout"])
-def any_monitor(request):
+def any_monitor(request, monitor_named):
     """Each monitor Podman can be pointed at: C conmon (reference), installed pyconmon, checkout launcher."""
-    return _monitor_path(request)
+    return monitor_named(request.param)
 
 
 @pytest.fixture(params=["installed", "checkout"])
-def py_monitor(request):
+def py_monitor(request, monitor_named):
     """Both pyconmon entry points."""
-    return _monitor_path(request)
-
-
-@pytest.fixture(params=["conmon", "installed"])
-def ref_and_installed(request):
-    """C conmon (the reference) and the installed pyconmon."""
-    return _monitor_path(request)
-
-
-def _monitor_path(request):
-    if request.param == "conmon":
-        return C_CONMON
-    if request.param == "checkout":
-        return LAUNCHER
-    return request.getfixturevalue("installed_conmon")
-
-
-def run_d(podman, conmon, *args):
-    """``podman run -d ARGS``; returns the container id."""
-    r = podman("run", "-d", *args, conmon=conmon, timeout=SLOW)
-    assert r.returncode == 0, r.stderr
-    cid = r.stdout.strip()
-    assert len(cid) == 64, r.stdout
-    return cid
+    return monitor_named(request.param)
 
 
 def logs(podman, conmon, cid):
     r = podman("logs", cid, conmon=conmon, timeout=SLOW)
     assert r.returncode == 0, r.stderr
     return r.stdout, r.stderr
-
-
-def exit_code(podman, cid):
-    """``"exited N"`` once Podman has processed the exit (the exit command's cleanup moves the
-    container from "stopped" to "exited"); whatever inspect shows last if that never happens."""
-    seen = []
-
-    def done():
-        seen.append(podman.inspect(cid, "{{.State.Status}} {{.State.ExitCode}}"))
-        return seen[-1].startswith("exited ")
-
-    try:
-        poll_until(done, SLOW, interval=0.05, what=f"container {cid[:12]} to be exited")
-    except TimeoutError:
-        pass
-    return seen[-1]
 
 
 # --------------------------------------------------------------------------

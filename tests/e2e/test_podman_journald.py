@@ -9,18 +9,8 @@ journald events backend, and it is not used here.  The journal is the real
 systemd-journald of tests/support/journald_service.py.
 """
 
-import pytest
 
-from support.journald_service import ensure_journald, journal_entries, unavailable_reason
-
-
-@pytest.fixture(scope="module")
-def journal():
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return ensure_journald()
-
+from support.journald_service import journal_entries
 
 SCRIPT = ("echo out1; echo err1 >&2; echo out2; "
           "head -c 20000 /dev/zero | tr '\\0' y; echo; "  # longer than an entry: partial pieces

@@ -22,27 +22,12 @@ import pytest
 
 from support import C_CONMON
 from support.harness import poll_until, read_k8s_log
-from support.installed import install_podman_conmon, unavailable_reason
+from support.podman import SLOW, exit_code, run_d
 
 pytestmark = pytest.mark.skipif(not (shutil.which("tmux") and os.path.exists(C_CONMON)),
                                 reason="needs tmux and Debian's conmon")
 
-SLOW = 60  # seconds: deadline for anything Podman does
 PROMPT = re.compile(r"^/ # ", re.M)
-
-
-@pytest.fixture(scope="session")
-def installed_conmon(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    return install_podman_conmon(tmp_path_factory.getbasetemp() / "installed-conmon")
-
-
-@pytest.fixture(params=["conmon", "installed"])
-def ref_and_installed(request):
-    """C conmon (the reference) and the installed pyconmon."""
-    return C_CONMON if request.param == "conmon" else request.getfixturevalue("installed_conmon")
 
 
 @pytest.fixture(scope="module")
@@ -51,29 +36,6 @@ def sleeper(podman, installed_conmon):
     cid = run_d(podman, installed_conmon, podman.image, "sleep", "3600")
     yield cid
     podman.rm(cid)
-
-
-def run_d(podman, conmon, *args):
-    r = podman("run", "-d", *args, conmon=conmon, timeout=SLOW)
-    assert r.returncode == 0, r.stderr
-    cid = r.stdout.strip()
-    assert len(cid) == 64, r.stdout
-    return cid
-
-
-def exit_code(podman, cid):
-    """``"exited N"`` once the exit command's cleanup has run; else what inspect shows last."""
-    seen = []
-
-    def done():
-        seen.append(podman.inspect(cid, "{{.State.Status}} {{.State.ExitCode}}"))
-        return seen[-1].startswith("exited ")
-
-    try:
-        poll_until(done, SLOW, interval=0.05, what=f"container {cid[:12]} to be exited")
-    except TimeoutError:
-        pass
-    return seen[-1]
 
 
 class Pane:

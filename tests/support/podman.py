@@ -38,9 +38,11 @@ import tempfile
 
 from . import LAUNCHER
 from .bundle import make_rootfs
+from .harness import poll_until
 
 PODMAN = shutil.which("podman") or "/usr/bin/podman"
 IMAGE = "localhost/busybox:latest"
+SLOW = 60  # seconds: deadline for anything Podman does
 
 _CONF = """\
 [containers]
@@ -226,3 +228,28 @@ class Podman:
             problems.append(f"had to unmount {mp}")
         shutil.rmtree(self.base, ignore_errors=True)
         return problems
+
+
+def run_d(podman, conmon, *args):
+    """``podman run -d ARGS``; returns the container id."""
+    r = podman("run", "-d", *args, conmon=conmon, timeout=SLOW)
+    assert r.returncode == 0, f"podman run -d exited {r.returncode}: {r.stderr}"  # (no assert rewriting here)
+    cid = r.stdout.strip()
+    assert len(cid) == 64, r.stdout
+    return cid
+
+
+def exit_code(podman, cid):
+    """``"exited N"`` once Podman has processed the exit (the exit command's cleanup moves the
+    container from "stopped" to "exited"); whatever inspect shows last if that never happens."""
+    seen = []
+
+    def done():
+        seen.append(podman.inspect(cid, "{{.State.Status}} {{.State.ExitCode}}"))
+        return seen[-1].startswith("exited ")
+
+    try:
+        poll_until(done, SLOW, interval=0.05, what=f"container {cid[:12]} to be exited")
+    except TimeoutError:
+        pass
+    return seen[-1]
