@@ -244,11 +244,8 @@ def parse_k8s_timestamp(ts):
 
 def stream_text(records, stream="stdout"):
     """All content of one stream, P pieces joined, lines separated by \\n (complete lines end in \\n)."""
-    out = b""
-    for line in join_lines(records):
-        if line.stream == stream:
-            out += line.content + (b"\n" if line.complete else b"")
-    return out
+    return b"".join(line.content + (b"\n" if line.complete else b"")
+                    for line in join_lines(records) if line.stream == stream)
 
 
 # --------------------------------------------------------------------------
