@@ -119,6 +119,17 @@ def send(path: str, *messages: bytes) -> None:
             c.sendto(m, path)
 
 
+def relay_once(bundle: Path, hpath: str, hsock: socket.socket, *messages: bytes) -> list[bytes]:
+    """Send ``messages`` to a relay for ``bundle`` (host socket ``hpath``), let it read once; what ``hsock`` got."""
+    relay = NotifyRelay(str(bundle), hpath, RecordingDiag())
+    try:
+        send(relay.socket_path, *messages)
+        relay.on_readable()
+        return received(hsock)
+    finally:
+        relay.close()
+
+
 def test_relay_socket_setup(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -167,17 +178,20 @@ def test_relay_forwards_filtered_lines(tmp_path: Path, host) -> None:  # type: i
         relay.close()
 
 
-def test_relay_mainpid_never_passes(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("messages", "expected"),
+    [
+        pytest.param((b"MAINPID=1", b"MAINPID=7\n", b"READY=1\nMAINPID=9"), [b"READY=1"], id="mainpid-never-passes"),
+        pytest.param((b"MAINPID=5", b"", b"BARRIER=1"), [], id="nothing-passes-nothing-sent"),
+    ],
+)
+def test_relay_drops_what_must_not_pass(  # type: ignore[no-untyped-def]
+    tmp_path: Path, host, messages: tuple[bytes, ...], expected: list[bytes]
+) -> None:
     hsock, hpath = host
-    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
-    try:
-        send(relay.socket_path, b"MAINPID=1", b"MAINPID=7\n", b"READY=1\nMAINPID=9")
-        relay.on_readable()
-        got = received(hsock)
-        assert got == [b"READY=1"]
-        assert not any(b"MAINPID" in g for g in got)
-    finally:
-        relay.close()
+    got = relay_once(tmp_path, hpath, hsock, *messages)
+    assert got == expected
+    assert not any(b"MAINPID" in g for g in got)
 
 
 def test_relay_existing_dir_and_stale_socket(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
@@ -186,13 +200,7 @@ def test_relay_existing_dir_and_stale_socket(tmp_path: Path, host) -> None:  # t
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     stale.bind(str(tmp_path / "notify" / "notify.sock"))
     stale.close()
-    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
-    try:
-        send(relay.socket_path, b"STATUS=ok")
-        relay.on_readable()
-        assert received(hsock) == [b"STATUS=ok"]
-    finally:
-        relay.close()
+    assert relay_once(tmp_path, hpath, hsock, b"STATUS=ok") == [b"STATUS=ok"]
 
 
 def test_relay_long_bundle_path(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
@@ -215,38 +223,29 @@ def test_relay_long_bundle_path(tmp_path: Path, host) -> None:  # type: ignore[n
         relay.close()
 
 
-def test_relay_long_host_path(tmp_path: Path) -> None:
-    d = tmp_path / ("h" * 70) / ("i" * 70)
-    d.mkdir(parents=True)
-    hpath = str(d / "host.sock")
-    fd = os.open(d, os.O_PATH)
+@pytest.fixture(params=["long-path", "abstract"])
+def odd_host(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A host socket a plain bind can't reach: a path longer than sun_path, or an abstract (``@name``) one."""
     hs = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    hs.bind(f"/proc/self/fd/{fd}/host.sock")
-    os.close(fd)
+    if request.param == "long-path":
+        d = tmp_path / ("h" * 70) / ("i" * 70)
+        d.mkdir(parents=True)
+        hpath = str(d / "host.sock")
+        fd = os.open(d, os.O_PATH)
+        hs.bind(f"/proc/self/fd/{fd}/host.sock")
+        os.close(fd)
+    else:
+        name = f"pyconmon-test-{os.getpid()}"
+        hs.bind("\0" + name)
+        hpath = "@" + name
     hs.settimeout(0.2)
-    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
-    try:
-        send(relay.socket_path, b"READY=1")
-        relay.on_readable()
-        assert received(hs) == [b"READY=1"]
-    finally:
-        relay.close()
-        hs.close()
+    yield hs, hpath
+    hs.close()
 
 
-def test_relay_abstract_host_socket(tmp_path: Path) -> None:
-    name = f"pyconmon-test-{os.getpid()}"
-    hs = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    hs.bind("\0" + name)
-    hs.settimeout(0.2)
-    relay = NotifyRelay(str(tmp_path), "@" + name, RecordingDiag())
-    try:
-        send(relay.socket_path, b"READY=1")
-        relay.on_readable()
-        assert received(hs) == [b"READY=1"]
-    finally:
-        relay.close()
-        hs.close()
+def test_relay_odd_host_socket(tmp_path: Path, odd_host) -> None:  # type: ignore[no-untyped-def]
+    hsock, hpath = odd_host
+    assert relay_once(tmp_path, hpath, hsock, b"READY=1") == [b"READY=1"]
 
 
 def test_relay_host_socket_missing_warns_once(tmp_path: Path) -> None:
@@ -260,17 +259,6 @@ def test_relay_host_socket_missing_warns_once(tmp_path: Path) -> None:
         warnings = diag.warnings()
         assert len(warnings) == 1
         assert "Failed to send notification to" in warnings[0]
-    finally:
-        relay.close()
-
-
-def test_relay_nothing_passes_nothing_sent(tmp_path: Path, host) -> None:  # type: ignore[no-untyped-def]
-    hsock, hpath = host
-    relay = NotifyRelay(str(tmp_path), hpath, RecordingDiag())
-    try:
-        send(relay.socket_path, b"MAINPID=5", b"", b"BARRIER=1")
-        relay.on_readable()
-        assert received(hsock) == []
     finally:
         relay.close()
 
