@@ -121,12 +121,32 @@ def parse(msg):
     return int(pri), int(pid), cid, tag, text
 
 
+def syslog_diag(path, level=WARNING, stderr=False):
+    """Diagnostics at ``level`` with syslog to ``path``; stderr only if ``stderr``."""
+    d = Diagnostics(level)
+    d.use_stderr = stderr
+    d.enable_syslog(CID, path)
+    return d
+
+
+def stop_syslog(path, sock):
+    """The syslog daemon goes away: its socket closed and the path gone."""
+    sock.close()
+    os.unlink(path)
+
+
+def error_to_new_syslog(d, path, text):
+    """A new syslog socket at ``path``; ``d.error(text)``; the text of what arrives there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as again:
+        again.bind(path)
+        d.error(text)
+        return parse(again.recv(65536).decode())[4]
+
+
 @pytest.mark.parametrize("level", [ERROR, WARNING, INFO, DEBUG, TRACE])
 def test_syslog_datagrams_levels_and_format(capfd, devlog, level):
     path, sock = devlog
-    d = Diagnostics(level)
-    d.use_stderr = False
-    d.enable_syslog(CID, path)
+    d = syslog_diag(path, level)
     emit_all(d)
     got = [parse(m) for m in recv_all(sock)]
     expected = [(8 + 3, "error", "e-msg"), (8 + 4, "nwarn", "w-msg"), (8 + 6, "ninfo", "i-msg"),
@@ -138,8 +158,7 @@ def test_syslog_datagrams_levels_and_format(capfd, devlog, level):
 
 def test_syslog_and_stderr_together(capfd, devlog):
     path, sock = devlog
-    d = Diagnostics()
-    d.enable_syslog(CID, path)
+    d = syslog_diag(path, stderr=True)
     d.error("both")
     assert capfd.readouterr().err == "[conmon:e]: both\n"
     assert parse(sock.recv(65536).decode())[3:] == ("error", "both")
@@ -147,9 +166,7 @@ def test_syslog_and_stderr_together(capfd, devlog):
 
 def test_syslog_timestamp_is_rfc3164(devlog):
     path, sock = devlog
-    d = Diagnostics()
-    d.use_stderr = False
-    d.enable_syslog(CID, path)
+    d = syslog_diag(path)
     d.error("x")
     stamp = SYSLOG_RE.match(sock.recv(65536).decode()).group(2)
     assert stamp == time.strftime("%b %e %H:%M:%S", time.strptime(stamp, "%b %d %H:%M:%S"))
@@ -157,39 +174,26 @@ def test_syslog_timestamp_is_rfc3164(devlog):
 
 def test_missing_syslog_is_ignored_and_picked_up_later(capfd, devlog):
     path, sock = devlog
-    sock.close()
-    os.unlink(path)
-    d = Diagnostics()
-    d.enable_syslog(CID, path)
+    stop_syslog(path, sock)
+    d = syslog_diag(path, stderr=True)
     d.error("lost")  # nobody listens: silently dropped, stderr still works
     assert capfd.readouterr().err == "[conmon:e]: lost\n"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as again:
-        again.bind(path)
-        d.error("found")
-        assert parse(again.recv(65536).decode())[4] == "found"
+    assert error_to_new_syslog(d, path, "found") == "found"
 
 
 def test_restarted_syslog_is_reconnected(devlog):
     path, sock = devlog
-    d = Diagnostics()
-    d.use_stderr = False
-    d.enable_syslog(CID, path)
+    d = syslog_diag(path)
     d.error("one")
     assert parse(sock.recv(65536).decode())[4] == "one"
-    sock.close()
-    os.unlink(path)
+    stop_syslog(path, sock)
     d.error("into the void")  # ECONNREFUSED: dropped, the socket forgotten
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as again:
-        again.bind(path)
-        d.error("two")
-        assert parse(again.recv(65536).decode())[4] == "two"
+    assert error_to_new_syslog(d, path, "two") == "two"
 
 
 def test_a_full_syslog_never_blocks(devlog):
     path, sock = devlog
-    d = Diagnostics()
-    d.use_stderr = False
-    d.enable_syslog(CID, path)
+    d = syslog_diag(path)
     t0 = time.monotonic()
     for i in range(2000):  # far more than the receive queue holds; nobody reads
         d.error(f"message {i} " + "x" * 200)
@@ -200,9 +204,7 @@ def test_a_full_syslog_never_blocks(devlog):
 
 def test_close_and_reuse(devlog):
     path, sock = devlog
-    d = Diagnostics()
-    d.use_stderr = False
-    d.enable_syslog(CID, path)
+    d = syslog_diag(path)
     d.error("a")
     d.close()
     d.close()  # twice is fine
