@@ -387,33 +387,37 @@ def sockpath(tmp_path: Path) -> str:
     return str(tmp_path / "socket")
 
 
-def test_delivery_over_a_socket(sockpath: str) -> None:
-    rx = Receiver(sockpath)
-    try:
-        w = JournaldWriter(CID, "web", None, [], socket_path=sockpath)
-        w.write(2, b"".join(b"%d\n" % i for i in range(500)))  # far more than the queue holds
-        got = rx.wait(500)
-        assert [as_dict(p)[b"MESSAGE"] for p in got] == [b"%d\n" % i for i in range(500)]
-        assert rx.memfd_seals == []
-        w.close()
-    finally:
-        rx.close()
+@pytest.fixture
+def rx(sockpath: str):  # type: ignore[no-untyped-def]
+    """A draining Receiver at ``sockpath``, closed after the test."""
+    r = Receiver(sockpath)
+    yield r
+    r.close()
 
 
-def test_big_entry_goes_in_a_sealed_memfd(sockpath: str) -> None:
-    rx = Receiver(sockpath)
-    try:
-        big = "V" * 300_000  # the label makes every entry bigger than a datagram may be
-        w = JournaldWriter(CID, None, None, [f"BIG={big}"], socket_path=sockpath)
-        w.write(2, b"one\ntwo\n")
-        got = rx.wait(2)
-        assert [as_dict(p)[b"MESSAGE"] for p in got] == [b"one\n", b"two\n"]
-        assert as_dict(got[0])[b"BIG"] == big.encode()
-        want = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
-        assert rx.memfd_seals == [want, want]
-        w.close()
-    finally:
-        rx.close()
+def messages(payloads: list[bytes]) -> list[bytes]:
+    return [as_dict(p)[b"MESSAGE"] for p in payloads]
+
+
+def test_delivery_over_a_socket(sockpath: str, rx: Receiver) -> None:
+    w = JournaldWriter(CID, "web", None, [], socket_path=sockpath)
+    w.write(2, b"".join(b"%d\n" % i for i in range(500)))  # far more than the queue holds
+    got = rx.wait(500)
+    assert messages(got) == [b"%d\n" % i for i in range(500)]
+    assert rx.memfd_seals == []
+    w.close()
+
+
+def test_big_entry_goes_in_a_sealed_memfd(sockpath: str, rx: Receiver) -> None:
+    big = "V" * 300_000  # the label makes every entry bigger than a datagram may be
+    w = JournaldWriter(CID, None, None, [f"BIG={big}"], socket_path=sockpath)
+    w.write(2, b"one\ntwo\n")
+    got = rx.wait(2)
+    assert messages(got) == [b"one\n", b"two\n"]
+    assert as_dict(got[0])[b"BIG"] == big.encode()
+    want = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+    assert rx.memfd_seals == [want, want]
+    w.close()
 
 
 def test_missing_socket_warns_once_then_recovers(sockpath: str) -> None:
@@ -477,18 +481,13 @@ def test_stuck_journal_waits_once_then_drops(sockpath: str) -> None:
         rx.close()
 
 
-def test_reopen_is_harmless(sockpath: str) -> None:
-    rx = Receiver(sockpath)
-    try:
-        w = JournaldWriter(CID, None, None, [], socket_path=sockpath)
-        w.write(2, b"a\npart")
-        w.reopen()
-        w.write(2, b"ial\n")
-        got = rx.wait(2)
-        assert [as_dict(p)[b"MESSAGE"] for p in got] == [b"a\n", b"partial\n"]
-        w.close()
-    finally:
-        rx.close()
+def test_reopen_is_harmless(sockpath: str, rx: Receiver) -> None:
+    w = JournaldWriter(CID, None, None, [], socket_path=sockpath)
+    w.write(2, b"a\npart")
+    w.reopen()
+    w.write(2, b"ial\n")
+    assert messages(rx.wait(2)) == [b"a\n", b"partial\n"]
+    w.close()
 
 
 def test_priority_prefix_switch(monkeypatch: pytest.MonkeyPatch) -> None:
