@@ -74,26 +74,32 @@ def test_syslog_identifier_fallback(journal: str, name: str | None, tag: str | N
     w.close()
 
 
-def test_stdout_and_stderr_priority(journal: str) -> None:
+@pytest.mark.parametrize(
+    ("writes", "expected"),
+    [
+        pytest.param([(2, b"out 1\n"), (3, b"err 1\nerr 2\n"), (2, b"out 2\n")],
+                     [(b"out 1\n", b"6", False), (b"err 1\n", b"3", False),
+                      (b"err 2\n", b"3", False), (b"out 2\n", b"6", False)],
+                     id="stdout-and-stderr-priority"),
+        pytest.param([(2, b"".join(b"<%d>level %d\n" % (n, n) for n in range(8))),
+                      (2, b"<8>not a level\n<3 no\n"),
+                      (3, b"<5>notice on stderr\n")],
+                     [(b"level %d\n" % n, b"%d" % n, False) for n in range(8)] + [
+                         (b"<8>not a level\n", b"6", False), (b"<3 no\n", b"6", False),
+                         (b"notice on stderr\n", b"5", False)],
+                     id="priority-prefixes"),
+        pytest.param([(2, b"hello, "), (2, b"world\n"), (3, b"<4>warn"), (3, b"ing\n")],
+                     [(b"hello, world\n", b"6", False), (b"warning\n", b"4", False)],
+                     id="line-split-across-slow-writes-is-one-entry"),
+    ],
+)
+def test_writes_to_entries(journal: str, writes: list[tuple[int, bytes]],
+                           expected: list[tuple[bytes, bytes, bool]]) -> None:
     cid = new_cid()
     w = JournaldWriter(cid, None, None, [], socket_path=journal)
-    w.write(2, b"out 1\n")
-    w.write(3, b"err 1\nerr 2\n")
-    w.write(2, b"out 2\n")
-    assert simple(collect(w, cid)) == [(b"out 1\n", b"6", False), (b"err 1\n", b"3", False),
-                                       (b"err 2\n", b"3", False), (b"out 2\n", b"6", False)]
-    w.close()
-
-
-def test_priority_prefixes(journal: str) -> None:
-    cid = new_cid()
-    w = JournaldWriter(cid, None, None, [], socket_path=journal)
-    w.write(2, b"".join(b"<%d>level %d\n" % (n, n) for n in range(8)))
-    w.write(2, b"<8>not a level\n<3 no\n")
-    w.write(3, b"<5>notice on stderr\n")
-    got = simple(collect(w, cid))
-    assert got == [(b"level %d\n" % n, b"%d" % n, False) for n in range(8)] + [
-        (b"<8>not a level\n", b"6", False), (b"<3 no\n", b"6", False), (b"notice on stderr\n", b"5", False)]
+    for fd, data in writes:
+        w.write(fd, data)
+    assert simple(collect(w, cid)) == expected
     w.close()
 
 
@@ -140,17 +146,6 @@ def test_entry_too_big_for_a_datagram_goes_by_memfd(journal: str, monkeypatch: p
         (8192, True), (809, False), (6, False)]
     assert all(e["BIGLABEL"] == big.encode() for e in got)
     assert len(used) == 3 and min(used) > 300 * 1024
-    w.close()
-
-
-def test_line_split_across_slow_writes_is_one_entry(journal: str) -> None:
-    cid = new_cid()
-    w = JournaldWriter(cid, None, None, [], socket_path=journal)
-    w.write(2, b"hello, ")
-    w.write(2, b"world\n")
-    w.write(3, b"<4>warn")
-    w.write(3, b"ing\n")
-    assert simple(collect(w, cid)) == [(b"hello, world\n", b"6", False), (b"warning\n", b"4", False)]
     w.close()
 
 
