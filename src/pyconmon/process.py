@@ -129,11 +129,18 @@ def write_file_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     tmp = os.path.join(directory, f".{base}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        while data:
-            data = data[os.write(fd, data):]
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)  # a full disk must not leave a stray file in a watched directory
+        except OSError:
+            pass
+        raise
 
 
 def redirect_stdio_to_devnull() -> None:

@@ -1,0 +1,269 @@
+"""Unit tests for pyconmon.stdio: the container's pipes and pty on a real loop (no runtime, no container)."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import re
+import shutil
+import socket
+import stat
+import tempfile
+import termios
+import threading
+
+import pytest
+
+from pyconmon.loop import EventLoop
+from pyconmon.stdio import STDERR, STDOUT, ContainerStdio
+from support.diag import RecordingDiag
+
+F_GETPIPE_SZ = 1032
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.loop = EventLoop()
+        self.diag = RecordingDiag()
+        self.output: list[tuple[int, bytes]] = []
+        self.backlog: list[bool] = []
+        self.stdio = ContainerStdio(self.loop, self.diag, lambda s, d: self.output.append((s, d)))
+        self.stdio.on_stdin_backlog = self.backlog.append
+
+    def run_until(self, cond, timeout: float = 5.0) -> None:
+        assert self.loop.run_until(cond, timeout), "condition not met in time"
+
+    def stream(self, which: int) -> bytes:
+        return b"".join(d for s, d in self.output if s == which)
+
+    def close(self) -> None:
+        self.stdio.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def h():
+    harness = Harness()
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def short_dir():
+    path = tempfile.mkdtemp(prefix="stdio-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- pipes -----------------------------------------------------------------------
+
+
+def test_pipes_with_stdin(h):
+    h.stdio.make_pipes(want_stdin=True)
+    cin, cout, cerr = h.stdio.child_fds
+    assert min(cin, cout, cerr) > 2
+    for fd in (cin, cout, cerr):
+        # the container's ends: reopenable by a non-root user as /dev/stdout, never leaked to other children
+        assert stat.S_IMODE(os.stat(f"/proc/self/fd/{fd}").st_mode) == 0o777
+        assert not os.get_inheritable(fd)
+    for src in h.stdio.sources:
+        assert fcntl.fcntl(src.fd, F_GETPIPE_SZ) >= 256 << 10
+        assert not os.get_blocking(src.fd)
+    h.stdio.watch_output()
+    os.write(cout, b"out\n")
+    os.write(cerr, b"err\n")
+    h.run_until(lambda: h.stream(STDOUT) == b"out\n" and h.stream(STDERR) == b"err\n")
+    h.stdio.write_stdin(b"input\n")
+    assert os.read(cin, 100) == b"input\n"
+
+
+def test_pipes_without_stdin(h):
+    h.stdio.make_pipes(want_stdin=False)
+    assert h.stdio.child_fds[0] == -1
+    assert h.stdio.stdin_fd == -1
+    h.stdio.write_stdin(b"dropped")  # nowhere to go: ignored
+    h.stdio.close_stdin()
+    assert h.diag.messages == []
+
+
+def test_eof_unregisters_sources(h):
+    h.stdio.make_pipes(want_stdin=False)
+    h.stdio.watch_output()
+    _, cout, _ = h.stdio.child_fds
+    os.write(cout, b"last words")
+    h.stdio.close_child_ends()
+    assert h.stdio.child_fds == [-1, -1, -1]
+    h.run_until(lambda: all(s.eof for s in h.stdio.sources))
+    assert h.stream(STDOUT) == b"last words"
+    assert not any(h.loop.watching(s.fd) for s in h.stdio.sources)
+    h.stdio.watch_output()  # finished sources aren't watched again
+    assert not any(h.loop.watching(s.fd) for s in h.stdio.sources)
+
+
+def test_drain_reads_everything_left(h):
+    h.stdio.make_pipes(want_stdin=False)
+    _, cout, cerr = h.stdio.child_fds
+    big = os.urandom(900 << 10)  # a flood that fits the enlarged pipe, written before the monitor reads
+    os.write(cout, big)
+    os.write(cerr, b"tail")
+    h.stdio.drain()  # with the writers still open: stops at EAGAIN, never blocks
+    assert h.stream(STDOUT) == big
+    assert h.stream(STDERR) == b"tail"
+    os.write(cout, b"more")
+    h.stdio.close_child_ends()
+    h.stdio.drain()
+    assert h.stream(STDOUT) == big + b"more"
+    assert all(s.eof for s in h.stdio.sources)
+
+
+def read_all_in_thread(fd: int, into: bytearray) -> threading.Thread:
+    def reader():
+        while chunk := os.read(fd, 1 << 16):
+            into.extend(chunk)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    return t
+
+
+def test_stdin_backlog_is_queued_and_reported(h):
+    h.stdio.make_pipes(want_stdin=True)
+    cin = h.stdio.child_fds[0]
+    data = os.urandom(3 << 20)  # far more than the stdin pipe holds
+    h.stdio.write_stdin(data[:1 << 20])
+    h.stdio.write_stdin(data[1 << 20:])
+    assert h.backlog == [True]  # the caller pauses attach input
+    assert h.stdio.stdin_queued > 1 << 20
+    got = bytearray()
+    t = read_all_in_thread(cin, got)
+    h.run_until(lambda: h.stdio.stdin_queued == 0)
+    assert h.backlog == [True, False]
+    assert not h.loop.watching(h.stdio.stdin_fd)  # no EPOLLOUT spinning once idle
+    h.stdio.close_stdin()
+    t.join(5)
+    assert bytes(got) == data
+
+
+def test_close_stdin_waits_for_queued_input(h):
+    h.stdio.make_pipes(want_stdin=True)
+    cin = h.stdio.child_fds[0]
+    data = b"z" * (300 << 10)
+    h.stdio.write_stdin(data)
+    h.stdio.close_stdin()  # the client hung up: close once what it sent is written
+    assert h.stdio.stdin_fd >= 0 and h.stdio.stdin_close_pending
+    got = bytearray()
+    t = read_all_in_thread(cin, got)
+    h.run_until(lambda: h.stdio.stdin_fd == -1)
+    t.join(5)
+    assert not t.is_alive()  # it saw EOF
+    assert bytes(got) == data
+
+
+def test_stdin_reader_gone(h):
+    h.stdio.make_pipes(want_stdin=True)
+    os.close(h.stdio.child_fds[0])
+    h.stdio.child_fds[0] = -1
+    h.stdio.write_stdin(b"nobody reads")
+    assert h.diag.warnings() == ["Failed to write to container stdin: Broken pipe"]
+    assert h.stdio.stdin_fd == -1
+    h.stdio.write_stdin(b"again")  # ignored now
+    assert len(h.diag.warnings()) == 1
+
+
+# -- console socket and pty ------------------------------------------------------
+
+
+def send_master(path: str, master: int) -> None:
+    """What the runtime does with --console-socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendmsg([b"/dev/pts/x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [master]))])
+
+
+@pytest.fixture
+def pty_pair():
+    master, slave = os.openpty()
+    fds = {"master": master, "slave": slave}
+    yield fds
+    for fd in fds.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def test_console_socket_receives_the_pty(h, short_dir, pty_pair):
+    attrs = termios.tcgetattr(pty_pair["master"])
+    attrs[1] &= ~termios.ONLCR
+    termios.tcsetattr(pty_pair["master"], termios.TCSANOW, attrs)
+    seen_pty = []
+    h.stdio.on_pty = lambda: seen_pty.append(h.stdio.pty_master)
+    path = h.stdio.make_console_socket(short_dir)
+    assert re.fullmatch(re.escape(short_dir) + r"/conmon-term\.[0-9a-f]{6}", path)
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    assert h.stdio.child_fds[:2] == [-1, -1] and h.stdio.child_fds[2] > 2  # a stderr pipe for the runtime
+    send_master(path, pty_pair["master"])
+    os.close(pty_pair.pop("master"))  # the monitor holds its own copy now
+    h.run_until(lambda: h.stdio.pty_master >= 0)
+    assert seen_pty == [h.stdio.pty_master]
+    assert not os.path.exists(path)  # the socket is gone once the pty is there
+    assert not os.get_inheritable(h.stdio.pty_master)
+    assert termios.tcgetattr(h.stdio.pty_master)[1] & termios.ONLCR
+    os.write(pty_pair["slave"], b"hello\n")
+    h.run_until(lambda: h.stream(STDOUT) == b"hello\r\n")
+    assert h.stream(STDERR) == b""
+    attrs = termios.tcgetattr(pty_pair["slave"])
+    attrs[3] &= ~termios.ECHO
+    termios.tcsetattr(pty_pair["slave"], termios.TCSANOW, attrs)
+    h.stdio.write_stdin(b"typed\n")  # the pty is stdin too
+    assert os.read(pty_pair["slave"], 100) == b"typed\n"
+
+
+def test_console_socket_paths_are_unique(short_dir):
+    from pyconmon.stdio import ConsoleSocket
+    socks = [ConsoleSocket(short_dir) for _ in range(20)]
+    try:
+        assert len({s.path for s in socks}) == 20
+    finally:
+        for s in socks:
+            s.close()
+    assert os.listdir(short_dir) == []
+
+
+def test_pty_hangup_is_not_the_end(h, pty_pair, monkeypatch):
+    import pyconmon.stdio as stdio_mod
+    monkeypatch.setattr(stdio_mod, "PTY_RETRY", 0.02)
+    slave_name = os.ttyname(pty_pair["slave"])
+    h.stdio.set_pty(pty_pair.pop("master"))
+    os.write(pty_pair["slave"], b"one\n")
+    h.run_until(lambda: h.stream(STDOUT) == b"one\r\n")
+    os.close(pty_pair.pop("slave"))  # no process has the terminal open for a while
+    master = h.stdio.pty_master
+    h.run_until(lambda: not h.loop.watching(master))  # taken out of epoll: no spinning on EPOLLHUP
+    assert not h.stdio.sources[-1].eof
+    pty_pair["slave"] = os.open(slave_name, os.O_RDWR | os.O_NOCTTY)
+    os.write(pty_pair["slave"], b"two\n")
+    h.run_until(lambda: h.stream(STDOUT) == b"one\r\ntwo\r\n")
+    assert h.loop.watching(master)
+
+
+def test_pty_drain_after_exit(h, pty_pair):
+    h.stdio.set_pty(pty_pair.pop("master"))
+    os.write(pty_pair["slave"], b"bye\n")
+    os.close(pty_pair.pop("slave"))
+    h.stdio.drain()  # ends at EIO, doesn't block or raise
+    assert h.stream(STDOUT) == b"bye\r\n"
+
+
+def test_close_releases_everything():
+    h = Harness()
+    h.stdio.make_pipes(want_stdin=True)
+    h.stdio.watch_output()
+    fds = [s.fd for s in h.stdio.sources] + [h.stdio.stdin_fd] + h.stdio.child_fds
+    h.stdio.close()
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert h.stdio.sources == [] and h.stdio.stdin_fd == -1
+    h.loop.close()
