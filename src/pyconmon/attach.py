@@ -154,7 +154,19 @@ class AttachServer:
                     self.on_client_eof()
                     return
         if events & (EPOLLHUP | EPOLLERR) and not events & EPOLLIN:
+            self._take_last_input(client)
             self.drop(client, None)
+
+    def _take_last_input(self, client: AttachClient) -> None:
+        """Input a client sent just before hanging up, unread while input was paused."""
+        while client.reading:
+            try:
+                data = client.sock.recv(INPUT_READ)
+            except OSError:
+                return
+            if not data:
+                return
+            self.on_input(data)
 
     def _update_mask(self, client: AttachClient) -> None:
         mask = 0
@@ -238,14 +250,16 @@ class AttachServer:
     def flush_all(self, timeout: float = 1.0) -> None:
         """Give clients a last chance to take queued output before they are closed."""
         import select
-        import time
-        deadline = time.monotonic() + timeout
+        deadline = monotonic() + timeout
         while True:
             waiting = [c for c in self.clients.values() if c.queue]
-            left = deadline - time.monotonic()
+            left = deadline - monotonic()
             if not waiting or left <= 0:
                 return
-            _r, writable, _x = select.select([], [c.fd for c in waiting], [], left)
+            poller = select.poll()  # not select(): fds may be >= 1024
+            for client in waiting:
+                poller.register(client.fd, select.POLLOUT)
+            writable = {fd for fd, _ev in poller.poll(left * 1000)}
             for client in waiting:
                 if client.fd in writable:
                     self._flush(client)

@@ -18,7 +18,11 @@ _ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r")
 
 
 def json_string(text: str) -> str:
-    """A JSON string literal for ``text`` (what json.dumps gives, without the import)."""
+    """A JSON string literal for ``text``, without importing json.
+
+    Like ``json.dumps(text, ensure_ascii=False)``, but control characters,
+    DEL, U+2028 and U+2029 are always ``\\u`` escapes (safe for any reader).
+    """
     return '"' + text.translate(_ESCAPES) + '"'
 
 
