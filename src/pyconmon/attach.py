@@ -12,13 +12,22 @@ Facts that shape this module:
   longer, so the socket is bound as ``/proc/self/fd/<dirfd>/attach`` through
   an O_PATH handle on its directory.
 * conmon writes to clients with blocking writes, so one client that stops
-  reading stalls the container, the log and every other client.  Here each
-  client socket is non-blocking and has its own queue.  A client that keeps
-  reading may fall behind by up to ``CLIENT_QUEUE_HARD`` bytes (bursts, a
-  busy machine); a client that is ``CLIENT_QUEUE_SOFT`` behind and has taken
-  nothing for ``CLIENT_STALL_S`` seconds is stuck.  Either limit disconnects
-  that client with a warning (it cannot be given a consistent stream any
-  more; the log still has everything), and everyone else carries on.
+  reading stalls the container, the log and every other client for as long
+  as it likes.  Here each client socket is non-blocking and has its own
+  queue, and the two cases are told apart:
+
+  - a client that reads, but slower than the container writes (``podman
+    run`` into a slow terminal or pipe), must not lose output: once it is
+    ``CLIENT_QUEUE_SOFT`` behind, the monitor stops reading the container's
+    output (``on_backpressure(True)``) until every client is back under
+    half of that, so the container runs at the pace of its readers, as with
+    conmon, and memory stays bounded;
+  - a client that takes nothing for ``CLIENT_STALL_S`` seconds while that
+    far behind is stuck: it is disconnected with a warning (the log still
+    has everything) and the output flows again.  A stuck client so costs the
+    container at most about a second, never more.
+
+  ``CLIENT_QUEUE_HARD`` is a last bound on one client's queue.
 * A client that half-closes (``SHUT_WR``: its stdin ended) still wants
   output; only a full hangup (EPOLLHUP, or an error on send) removes it.
   After EOF the client stays registered with no input interest so that the
@@ -39,9 +48,12 @@ TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .loop import Timer
+
 MAX_PACKET_DATA = 8192
 CLIENT_QUEUE_SOFT = 4 << 20  # past this backlog a client must be making progress
 CLIENT_QUEUE_HARD = 16 << 20  # no client is ever this far behind
+CLIENT_QUEUE_LOW = CLIENT_QUEUE_SOFT // 2  # output flows again when every client is under this
 CLIENT_STALL_S = 1.0  # no progress for this long past the soft limit: stuck
 INPUT_READ = 65536
 _SOCK_FLAGS = _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK
@@ -88,6 +100,9 @@ class AttachServer:
         self.clients: dict[int, AttachClient] = {}
         self.link: str | None = None
         self.input_paused = False
+        self.on_backpressure: Callable[[bool], None] | None = None
+        self.throttling = False
+        self._stuck_timer: Timer | None = None
         if full_attach or not cuuid or not socket_dir:
             directory = bundle
         else:
@@ -193,6 +208,7 @@ class AttachServer:
         if client.reading:
             client.reading = False
             self.on_client_eof()
+        self._update_throttle()
 
     # -- output --------------------------------------------------------------
     def broadcast(self, stream: int, data: bytes) -> None:
@@ -226,6 +242,35 @@ class AttachServer:
             self.drop(client, f"Attach client too slow: dropped it {client.queued} bytes behind")
         elif monotonic() - client.progress > CLIENT_STALL_S:
             self.drop(client, f"Attach client stopped reading: dropped it {client.queued} bytes behind")
+        else:
+            self._update_throttle()
+
+    def _update_throttle(self) -> None:
+        """Hold the container's output while a live client catches up (see the module note)."""
+        if self.on_backpressure is None:
+            return
+        behind = max((c.queued for c in self.clients.values()), default=0)
+        if not self.throttling and behind > CLIENT_QUEUE_SOFT:
+            self.throttling = True
+            self.on_backpressure(True)
+            self._stuck_timer = self.loop.call_later(CLIENT_STALL_S / 4, self._check_stuck)
+        elif self.throttling and behind <= CLIENT_QUEUE_LOW:
+            self.throttling = False
+            if self._stuck_timer is not None:
+                self._stuck_timer.cancel()
+                self._stuck_timer = None
+            self.on_backpressure(False)
+
+    def _check_stuck(self) -> None:
+        """While throttled no output arrives to notice a stuck client: look now and then."""
+        self._stuck_timer = None
+        if not self.throttling:
+            return
+        for client in list(self.clients.values()):
+            if client.queued > CLIENT_QUEUE_SOFT:
+                self._check_backlog(client)
+        if self.throttling and self._stuck_timer is None:
+            self._stuck_timer = self.loop.call_later(CLIENT_STALL_S / 4, self._check_stuck)
 
     def _flush(self, client: AttachClient) -> None:
         queue = client.queue
@@ -244,27 +289,37 @@ class AttachServer:
             sent = True
         if sent:
             client.progress = monotonic()
+            if self.throttling and client.queued <= CLIENT_QUEUE_LOW:
+                self._update_throttle()
         if not queue:
             self._update_mask(client)
 
-    def flush_all(self, timeout: float = 1.0) -> None:
-        """Give clients a last chance to take queued output before they are closed."""
+    def flush_all(self) -> None:
+        """Before the clients are closed: deliver what is queued to every client that still reads.
+
+        A client that takes nothing for ``CLIENT_STALL_S`` is given up on, so
+        this ends; a live one gets everything, however slowly it reads.
+        """
         import select
-        deadline = monotonic() + timeout
         while True:
+            now = monotonic()
+            for client in [c for c in self.clients.values() if c.queue and now - c.progress > CLIENT_STALL_S]:
+                self.drop(client, f"Attach client stopped reading: dropped it {client.queued} bytes behind")
             waiting = [c for c in self.clients.values() if c.queue]
-            left = deadline - monotonic()
-            if not waiting or left <= 0:
+            if not waiting:
                 return
             poller = select.poll()  # not select(): fds may be >= 1024
             for client in waiting:
                 poller.register(client.fd, select.POLLOUT)
-            writable = {fd for fd, _ev in poller.poll(left * 1000)}
+            writable = {fd for fd, _ev in poller.poll(CLIENT_STALL_S * 250)}
             for client in waiting:
                 if client.fd in writable:
                     self._flush(client)
 
     def close(self) -> None:
+        if self._stuck_timer is not None:
+            self._stuck_timer.cancel()
+            self._stuck_timer = None
         for client in list(self.clients.values()):
             self.loop.remove(client.fd)
             client.sock.close()

@@ -169,6 +169,7 @@ class Monitor:
                 self.attach = AttachServer(self.loop, self.diag, opts.bundle, opts.socket_dir_path, opts.cuuid,
                                            opts.full_attach, self._on_input, self._on_client_eof)
                 stdio.on_stdin_backlog = self.attach.pause_input
+                self.attach.on_backpressure = stdio.pause_output
                 self.fifos = ControlFifos(self.loop, self.diag, opts.bundle, self._resize, self._reopen_logs)
         if opts.sdnotify_socket and opts.bundle:
             from .notify import NotifyRelay

@@ -96,6 +96,7 @@ class ContainerStdio:
         self.on_pty: Callable[[], None] | None = None  # called as soon as the pty master is there
         self.console: ConsoleSocket | None = None
         self.pty_master = -1
+        self.output_paused = False
         self._retry_timer: Timer | None = None
 
     # -- set-up --------------------------------------------------------------
@@ -162,9 +163,27 @@ class ContainerStdio:
 
     # -- output --------------------------------------------------------------
     def watch_output(self) -> None:
+        if self.output_paused:
+            return
         for src in self.sources:
             if not src.eof and not self.loop.watching(src.fd):
-                self.loop.add(src.fd, EPOLLIN, lambda ev, s=src: self._on_readable(s, ev))  # type: ignore[misc]
+                mask = EPOLLIN | (EPOLLOUT if src.fd == self.stdin_fd and self.stdin_queue else 0)
+                self.loop.add(src.fd, mask, lambda ev, s=src: self._on_readable(s, ev))  # type: ignore[misc]
+
+    def pause_output(self, paused: bool) -> None:
+        """Stop (or resume) reading the container's output: backpressure from a slow reader.
+
+        The container then blocks on its full pipe or pty.  ``drain`` at exit
+        reads regardless.
+        """
+        if paused == self.output_paused:
+            return
+        self.output_paused = paused
+        if paused:
+            for src in self.sources:
+                self.loop.remove(src.fd)
+        else:
+            self.watch_output()
 
     def _on_readable(self, src: OutputSource, events: int) -> None:
         if events & EPOLLOUT:  # only the pty master is both output and stdin
@@ -203,8 +222,8 @@ class ContainerStdio:
 
     def _pty_retry(self, src: OutputSource) -> None:
         self._retry_timer = None
-        if src.eof:
-            return
+        if src.eof or self.output_paused or self.loop.watching(src.fd):
+            return  # resuming from a pause re-adds it
         mask = EPOLLIN | (EPOLLOUT if self.stdin_queue else 0)
         self.loop.add(src.fd, mask, lambda ev, s=src: self._on_readable(s, ev))  # type: ignore[misc]
 

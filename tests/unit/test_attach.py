@@ -301,7 +301,7 @@ def test_flush_all_delivers_the_backlog(harness):
 
     t = threading.Thread(target=reader)
     t.start()
-    harness.server.flush_all(timeout=5)
+    harness.server.flush_all()
     t.join(5)
     assert not t.is_alive()
     assert bytes(got) == sent
@@ -369,3 +369,65 @@ def test_full_attach_ignores_socket_dir(short_dir):
         assert not os.path.exists(socket_dir)
     finally:
         h.close()
+
+
+def test_slow_live_client_throttles_output_and_loses_nothing(harness, monkeypatch):
+    """A reader slower than the container is waited for (backpressure), never dropped."""
+    monkeypatch.setattr(attach, "CLIENT_QUEUE_SOFT", 256 << 10)
+    monkeypatch.setattr(attach, "CLIENT_QUEUE_LOW", 128 << 10)
+    monkeypatch.setattr(attach, "CLIENT_STALL_S", 0.5)
+    pauses: list[bool] = []
+    harness.server.on_backpressure = pauses.append
+    slow = harness.connect()
+    sent = bytearray()
+    got = bytearray()
+    done = threading.Event()
+
+    def reader():  # live but slow: a little at a time with pauses shorter than the stall limit
+        slow.settimeout(10)
+        while not done.is_set() or len(got) < len(sent):
+            pkt = slow.recv(65536)
+            if not pkt:
+                return
+            got.extend(pkt[1:])
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    for i in range(256):  # 4 MiB, far faster than the reader takes it
+        while pauses and pauses[-1]:  # the container is held while throttled, as stdio does
+            assert time.monotonic() < deadline, "throttled for good"
+            harness.loop.run_once(0.01)
+        data = chunk(i, 16384)
+        harness.server.broadcast(STDOUT, data)
+        sent += data
+        harness.loop.run_once(0)
+    done.set()
+    while len(got) < len(sent) and harness.server.clients:  # the loop must keep flushing to the reader
+        assert time.monotonic() < deadline, f"{len(got)} of {len(sent)} bytes"
+        harness.loop.run_once(0.01)
+    assert harness.server.clients, harness.diag.warnings()  # never dropped
+    assert bytes(got) == bytes(sent)
+    assert True in pauses and pauses[-1] is False  # it did throttle, and let go again
+    assert harness.diag.warnings() == []
+
+
+def test_stuck_client_while_throttled_is_dropped_and_output_resumes(harness, monkeypatch):
+    monkeypatch.setattr(attach, "CLIENT_QUEUE_SOFT", 256 << 10)
+    monkeypatch.setattr(attach, "CLIENT_QUEUE_LOW", 128 << 10)
+    monkeypatch.setattr(attach, "CLIENT_STALL_S", 0.2)
+    pauses: list[bool] = []
+    harness.server.on_backpressure = pauses.append
+    harness.connect()  # never reads
+    i = 0
+    while not pauses:
+        harness.server.broadcast(STDOUT, chunk(i, 16384))
+        i += 1
+        assert i < 1000
+    assert pauses == [True]
+    start = time.monotonic()
+    harness.run_until(lambda: not harness.server.clients, timeout=5)  # no more output arrives: the timer notices
+    assert time.monotonic() - start < 2
+    assert pauses == [True, False]
+    assert [w.split(":")[0] for w in harness.diag.warnings()] == ["Attach client stopped reading"]
