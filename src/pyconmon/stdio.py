@@ -192,7 +192,7 @@ class ContainerStdio:
             self.read_source(src, once=True)
 
     def read_source(self, src: OutputSource, once: bool) -> None:
-        """Read what is there; ``once`` reads a single chunk (fairness in the loop)."""
+        """Read one chunk (``once``, from the loop) or everything there is (``drain``)."""
         while not src.eof:
             try:
                 data = os.read(src.fd, READ_CHUNK)
@@ -212,8 +212,8 @@ class ContainerStdio:
                 self._source_eof(src)
                 return
             self.on_output(src.stream, data)
-            if once and len(data) < READ_CHUNK:
-                return
+            if once:
+                return  # one chunk per event: the loop serves the other fds (attach clients!) in between
 
     def _pty_hangup(self, src: OutputSource) -> None:
         self.loop.remove(src.fd)
