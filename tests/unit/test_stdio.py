@@ -245,7 +245,7 @@ def test_pty_hangup_is_not_the_end(h, pty_pair, monkeypatch):
     pty_pair["slave"] = os.open(slave_name, os.O_RDWR | os.O_NOCTTY)
     os.write(pty_pair["slave"], b"two\n")
     h.run_until(lambda: h.stream(STDOUT) == b"one\r\ntwo\r\n")
-    assert h.loop.watching(master)
+    h.run_until(lambda: h.loop.watching(master))  # watched again (after the short pause a small read earns)
 
 
 def test_pty_drain_after_exit(h, pty_pair):
@@ -267,3 +267,26 @@ def test_close_releases_everything():
             os.fstat(fd)
     assert h.stdio.sources == [] and h.stdio.stdin_fd == -1
     h.loop.close()
+
+
+def test_small_writes_are_gathered_into_few_reads(h):
+    """A container writing many small pieces costs a few large reads, not one read per piece."""
+    import threading
+    import time
+    h.stdio.make_pipes(want_stdin=False)
+    _cin, cout, _cerr = h.stdio.child_fds
+    h.stdio.watch_output()
+    pieces = [b"%05d %s\n" % (i, b"x" * 93) for i in range(2000)]
+
+    def writer():  # 100-byte lines, a few at a time, over some 30 ms
+        for i in range(0, len(pieces), 10):
+            os.write(cout, b"".join(pieces[i:i + 10]))
+            time.sleep(0.0001)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    expected = b"".join(pieces)
+    h.run_until(lambda: h.stream(STDOUT) == expected or (not t.is_alive() and len(h.stream(STDOUT)) >= len(expected)))
+    t.join()
+    assert h.stream(STDOUT) == expected
+    assert len(h.output) < 100, len(h.output)  # 200 writes; unpaced this took about one read each
