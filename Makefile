@@ -44,13 +44,18 @@ endif
 PY_CFLAGS := $(shell $(PYTHON_CONFIG) --includes 2>/dev/null)
 PY_LDFLAGS := $(shell $(PYTHON_CONFIG) --embed --ldflags 2>/dev/null)
 
+# `conmon --version`, answered by the launcher without starting Python: Podman
+# probes the monitor this way before every container start and every exec.
+VERSION_TEXT := $(shell $(PYTHON) -I -S -c 'import json, sys; sys.path.insert(0, "src"); from pyconmon.cli import version_text; print(json.dumps(version_text()))' 2>/dev/null)
+
 LAUNCHER_DEFS := \
 	-DPYCONMON_LIBDIR='"$(PYCONMON_LIBDIR)"' \
 	-DPYCONMON_PYHOME='"$(PY_HOME)"' \
 	-DPYCONMON_PYEXE='"$(PY_EXE)"' \
 	-DPYCONMON_STDLIB='"$(PY_STDLIB)"' \
 	-DPYCONMON_DYNLOAD='"$(PY_DYNLOAD)"' \
-	-DPYCONMON_ZIP='"$(PY_ZIP)"'
+	-DPYCONMON_ZIP='"$(PY_ZIP)"' \
+	-DPYCONMON_VERSION_TEXT='$(VERSION_TEXT)'
 
 LAUNCHER_CMD := $(CC) $(CPPFLAGS) $(CFLAGS) $(PY_CFLAGS) $(LAUNCHER_DEFS) -o $(BUILDDIR)/conmon launcher/conmon.c $(LDFLAGS) $(PY_LDFLAGS)
 

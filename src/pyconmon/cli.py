@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 
 
-def main(argv: list[str]) -> int:
+def version_text() -> str:
+    """``--version``: the contract version first (Podman and CRI-O parse that line)."""
     from . import CONTRACT_VERSION, __version__
+    return f"conmon version {CONTRACT_VERSION}\ncommit: pyconmon-{__version__}\npyconmon version {__version__}\n"
+
+
+def main(argv: list[str]) -> int:
     from .options import ConfigError, UsageError, help_text, parse_args, validate
 
     try:
@@ -18,8 +23,7 @@ def main(argv: list[str]) -> int:
         os.write(1, help_text().encode())
         return 0
     if opts.version:
-        text = f"conmon version {CONTRACT_VERSION}\ncommit: pyconmon-{__version__}\npyconmon version {__version__}\n"
-        os.write(1, text.encode())
+        os.write(1, version_text().encode())
         return 0
     try:
         validate(opts)

@@ -63,6 +63,18 @@ def test_version_in_empty_environment(installed: Path) -> None:
     assert proc.stdout.startswith(b"conmon version 2.2.1\n")
 
 
+def test_version_answered_by_the_launcher_is_pythons(installed: Path) -> None:
+    """`conmon --version` alone is answered in C (Podman probes before every start and exec);
+    it must say exactly what the Python side says, which still answers any other command line."""
+    from pyconmon.cli import version_text
+    conmon = str(installed / "bin" / "conmon")
+    fast = subprocess.run([conmon, "--version"], check=True, env={}, capture_output=True, timeout=30)
+    slow = subprocess.run([conmon, "--version", "--api-version"], check=True, env={}, capture_output=True, timeout=30)
+    assert fast.stdout == slow.stdout == version_text().encode()
+    bad = subprocess.run([conmon, "--version", "--bogus"], check=False, env={}, capture_output=True, timeout=30)
+    assert (bad.returncode, bad.stderr) == (1, b"conmon: option parsing failed: Unknown option --bogus\n")
+
+
 def test_installed_layout(installed: Path) -> None:
     lib = installed / "lib" / "pyconmon" / "pyconmon"
     sources = sorted(p.name for p in (REPO / "src" / "pyconmon").glob("*.py"))
