@@ -16,6 +16,10 @@ Facts that shape it:
   registered with mask 0 still wakes the loop on hangup, which callers use to
   notice a peer that went away.
 
+* A monitor runs for months.  An exception escaping a callback (a bug, or
+  an error nobody foresaw) is handed to ``on_error`` and the loop goes on:
+  one failed event must not take the container's log and exit code with it.
+
 The loop knows nothing about containers: callers register callbacks.
 """
 
@@ -70,6 +74,7 @@ class EventLoop:
         self._signal_r = -1
         self._signal_w = -1
         self._signal_handler: Callable[[int], None] | None = None
+        self.on_error: Callable[[Exception], None] | None = None  # None: exceptions propagate
 
     # -- descriptors -----------------------------------------------------
     def add(self, fd: int, mask: int, callback: FdCallback) -> None:
@@ -144,12 +149,23 @@ class EventLoop:
         for fd, mask in events:
             callback = callbacks.get(fd)
             if callback is not None:
-                callback(mask)
+                try:
+                    callback(mask)
+                except Exception as err:  # noqa: BLE001 - handed to on_error (module note)
+                    self._failed(err)
         now = time.monotonic()
         while timers and (timers[0].cancelled or timers[0].deadline <= now):
             timer = heapq.heappop(timers)
             if not timer.cancelled:
-                timer.callback()
+                try:
+                    timer.callback()
+                except Exception as err:  # noqa: BLE001 - handed to on_error (module note)
+                    self._failed(err)
+
+    def _failed(self, err: Exception) -> None:
+        if self.on_error is None:
+            raise err
+        self.on_error(err)
 
     def run_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
         """Run until ``done()`` is true; False if ``timeout`` passed first."""

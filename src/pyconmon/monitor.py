@@ -258,6 +258,7 @@ class Monitor:
     def run(self) -> int:
         opts = self.opts
         loop = self.loop
+        loop.on_error = self._on_loop_error
         loop.handle_signals((SIGCHLD, SIGTERM, SIGINT, SIGQUIT), self._on_signal)
         console = self._setup_io()
         if self.attach_pipe is not None:
@@ -279,13 +280,7 @@ class Monitor:
         runtime_code = exit_code_from_status(runtime_status)
 
         if self.stdio is not None and self.stdio.console is not None:
-            self.stdio._on_console(0)  # the runtime has sent the pty by now, if ever
-        if self.winsize is not None and self.stdio is not None and self.stdio.pty_master >= 0:
-            from .ctl import resize_pty  # a size that came before the pty (see _resize)
-            try:
-                resize_pty(self.stdio.pty_master, *self.winsize)
-            except OSError as err:
-                self.diag.warn(f"Failed to resize the terminal: {err.strerror}")
+            self.stdio.receive_console()  # the runtime has sent the pty by now, if ever (on_pty resizes)
 
         pid = self._read_pidfile()
         if runtime_code != 0 and not (opts.exec_ and pid):
@@ -314,6 +309,14 @@ class Monitor:
             self.stdio.drain()
         code = -1 if self.timed_out or status == UNKNOWN_STATUS else exit_code_from_status(status)
         return self._finish(code)
+
+    def _on_loop_error(self, err: Exception) -> None:
+        """A callback failed: say where, and keep monitoring the container."""
+        tb = err.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else ""
+        self.diag.error(f"Internal error{where}: {err!r}; carrying on")
 
     def _watch_exit(self, pid: int) -> None:
         """Also watch a pidfd: a process that is not our child still ends the wait."""

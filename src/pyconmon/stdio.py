@@ -121,7 +121,7 @@ class ContainerStdio:
 
     def make_console_socket(self, tmpdir: str) -> str:
         self.console = ConsoleSocket(tmpdir)
-        self.loop.add(self.console.sock.fileno(), EPOLLIN, self._on_console)
+        self.loop.add(self.console.sock.fileno(), EPOLLIN, self.receive_console)
         # A stderr pipe even with a tty, as conmon has: it catches the runtime's own
         # errors (for the sync pipe) before there is a pty.
         r, w = os.pipe2(os.O_CLOEXEC)
@@ -130,7 +130,8 @@ class ContainerStdio:
         self.child_fds = [-1, -1, w]
         return self.console.path
 
-    def _on_console(self, events: int) -> None:
+    def receive_console(self, events: int = 0) -> None:
+        """Take the pty master from the console socket if the runtime has sent it."""
         assert self.console is not None
         master = self.console.try_receive(self.diag)
         if master is not None:

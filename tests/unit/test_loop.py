@@ -211,3 +211,30 @@ def test_restore_signals_detaches_the_loop(loop, saved_signals):
     loop.run_once(0.05)
     assert got == []
     loop.restore_signals()  # twice is harmless
+
+
+def test_a_failing_callback_is_reported_and_the_loop_goes_on():
+    loop = EventLoop()
+    errors: list[Exception] = []
+    loop.on_error = errors.append
+    r, w = os.pipe()
+    try:
+        def broken(events: int) -> None:
+            os.read(r, 10)
+            raise RuntimeError("bug")
+
+        fired: list[bool] = []
+        loop.add(r, EPOLLIN, broken)
+        loop.call_later(0, lambda: 1 / 0)
+        loop.call_later(0.01, lambda: fired.append(True))
+        os.write(w, b"x")
+        assert loop.run_until(lambda: bool(fired), timeout=5)
+        assert [type(e) for e in errors] == [RuntimeError, ZeroDivisionError]
+        loop.on_error = None  # without a handler the error propagates, as before
+        loop.call_later(0, lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            loop.run_once(1)
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)
