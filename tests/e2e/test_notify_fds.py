@@ -27,7 +27,7 @@ import subprocess
 import pytest
 
 from support import MONITORS, RUNC
-from support.harness import poll_until
+from support.harness import poll_until, proc_cmdline
 
 SENDER_C = r"""
 #include <stdio.h>
@@ -291,14 +291,6 @@ def _pipe_holders(ino, pids):
     return out
 
 
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 def test_preserved_fd_is_open_in_the_container(testbed, monitor_bin):
     r, w = os.pipe()
     ino = os.fstat(w).st_ino
@@ -314,7 +306,7 @@ def test_preserved_fd_is_open_in_the_container(testbed, monitor_bin):
         assert os.read(r, 100) == b"via-fd3\n"
         # from the host: the container's init holds 0-2 and the preserved fd, nothing else
         # (once it is sleep: the shell keeps a saved copy of fd 1 around a redirection)
-        poll_until(lambda: _cmdline(m.container_pid).startswith(b"sleep\0"), what="exec sleep")
+        poll_until(lambda: proc_cmdline(m.container_pid).startswith(b"sleep\0"), what="exec sleep")
         assert sorted(int(x) for x in os.listdir(f"/proc/{m.container_pid}/fd")) == [0, 1, 2, 3]
         assert os.readlink(f"/proc/{m.container_pid}/fd/3") == f"pipe:[{ino}]"
         os.kill(m.container_pid, signal.SIGKILL)

@@ -33,6 +33,7 @@ from support.harness import (
     container_state,
     pid_alive,
     poll_until,
+    proc_cmdline,
     read_exit_file,
     wait_pid_gone,
     write_ctl,
@@ -499,14 +500,6 @@ DEADLY = [signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGILL, signal.SI
           signal.SIGRTMAX]
 
 
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 def test_container_killed_by_every_deadly_signal(testbed, monitor_bin):
     """One container per signal (not a pid-namespace init, so default actions apply): 128+N each."""
     monitors = []
@@ -516,7 +509,7 @@ def test_container_killed_by_every_deadly_signal(testbed, monitor_bin):
         monitors.append((sig, m))
     for sig, m in monitors:
         # runc start returns before runc init has exec'd the process; a signal that early goes to runc init
-        poll_until(lambda m=m: _cmdline(m.container_pid).startswith(b"sleep\0"), what="sleep to be exec'd")
+        poll_until(lambda m=m: proc_cmdline(m.container_pid).startswith(b"sleep\0"), what="sleep to be exec'd")
         os.kill(m.container_pid, sig)
     got = {sig.name: m.wait_exit_file() for sig, m in monitors}
     assert got == {sig.name: 128 + int(sig) for sig, _ in monitors}
@@ -574,7 +567,7 @@ def test_container_gets_only_its_stdio(testbed, monitor_bin, case):
             e = testbed.exec(monitor_bin, m, ["sleep", "60"], style="podman")
             assert e.container_pid, e.describe()
             pid = e.container_pid
-        poll_until(lambda: _cmdline(pid).startswith(b"sleep\0"), what="sleep to be exec'd")
+        poll_until(lambda: proc_cmdline(pid).startswith(b"sleep\0"), what="sleep to be exec'd")
         fds = _fd_targets(pid)
         monitor_fds = _fd_targets(m.pid)
         assert sorted(fds) == [0, 1, 2], fds

@@ -436,13 +436,18 @@ def _inheritable_fds():
     return out
 
 
-def _is_monitor_of(pid, cid):
-    """True if ``pid`` still runs a command line naming ``cid`` (guards against pid reuse)."""
+def proc_cmdline(pid):
+    """The raw ``/proc/PID/cmdline`` (NUL-separated), or b"" once the process is gone."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return cid.encode() in f.read().split(b"\0")
+            return f.read()
     except OSError:
-        return False
+        return b""
+
+
+def _is_monitor_of(pid, cid):
+    """True if ``pid`` still runs a command line naming ``cid`` (guards against pid reuse)."""
+    return cid.encode() in proc_cmdline(pid).split(b"\0")
 
 
 def _pair(kind):

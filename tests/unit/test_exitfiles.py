@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import struct
 import time
-import traceback
 from pathlib import Path
 
 import pytest
 
 from pyconmon.exitfiles import exit_code_from_status, run_exit_command, write_exit_files
+from support.forked import in_child, wait_status
 
 CID = "0123456789abcdef0123"
-
-
-def wait_status(pid: int, timeout: float = 5.0, flags: int = 0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got, status = os.waitpid(pid, os.WNOHANG | flags)
-        if got == pid:
-            return status
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"child {pid} still running after {timeout}s")
 
 
 def status_of(child) -> int:
@@ -163,34 +150,6 @@ def test_persist_file_appears_before_exit_dir_file(tmp_path: Path):
 
 
 # -- exit command ----------------------------------------------------------------
-
-
-def in_child(tmp_path: Path, fn, timeout: float = 5.0):
-    """Run ``fn()`` in a forked child and return its JSON result, read from a file.
-
-    run_exit_command closes every fd >= 3 and changes signal dispositions:
-    only a throw-away process may call it.
-    """
-    result = tmp_path / "result.json"
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            value = fn()
-            text = json.dumps({"ok": value})
-            code = 0
-        except BaseException:  # noqa: BLE001 - report anything to the parent
-            text = json.dumps({"error": traceback.format_exc()})
-        try:
-            with open(result, "w") as f:
-                f.write(text)
-        finally:
-            os._exit(code)
-    status = wait_status(pid, timeout)
-    out = json.loads(result.read_text())
-    assert "error" not in out, out["error"]
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    return out["ok"]
 
 
 def test_exit_command_argv_is_literal(tmp_path: Path):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import signal
 import stat
 import time
-import traceback
 from pathlib import Path
 
 import pytest
@@ -24,42 +22,7 @@ from pyconmon.process import (
     set_subreaper,
     write_file_atomic,
 )
-
-
-def wait_status(pid: int, timeout: float = 5.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got, status = os.waitpid(pid, os.WNOHANG)
-        if got == pid:
-            return status
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"child {pid} still running after {timeout}s")
-
-
-def in_child(tmp_path: Path, fn, timeout: float = 5.0):
-    """Run ``fn()`` in a forked child (it may close fds or change process attributes); its JSON result."""
-    result = tmp_path / "result.json"
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            text = json.dumps({"ok": fn()})
-            code = 0
-        except BaseException:  # noqa: BLE001 - report anything to the parent
-            text = json.dumps({"error": traceback.format_exc()})
-        try:
-            with open(result, "w") as f:
-                f.write(text)
-        finally:
-            os._exit(code)
-    status = wait_status(pid, timeout)
-    out = json.loads(result.read_text())
-    assert "error" not in out, out["error"]
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    return out["ok"]
-
+from support.forked import in_child
 
 # -- write_file_atomic -----------------------------------------------------------
 
