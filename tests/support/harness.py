@@ -728,12 +728,21 @@ class Monitor:
                 return False
         return True
 
+    def _settle_readers(self):
+        """Once the first process has exited, let the reader threads take what it wrote (they may
+        lag a moment behind its exit; a monitor that kept the pipes, e.g. passthrough, costs 0.2 s)."""
+        if self.first_status is not None:
+            for _, done in self._readers:
+                done.wait(0.2)
+
     @property
     def stdout(self):
+        self._settle_readers()
         return bytes(self._out)
 
     @property
     def stderr(self):
+        self._settle_readers()
         return bytes(self._err)
 
     def finish_create(self, deadline=DEFAULT_TIMEOUT, read_sync=True, start=False):
