@@ -384,7 +384,7 @@ class ConsoleSocket:
             except (BlockingIOError, InterruptedError):
                 return None
             self.conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
-            self.conn.settimeout(5.0)
+            self.conn.settimeout(1.0)  # the runtime sends the pty right after connecting
         try:
             _msg, ancdata, _flags, _addr = self.conn.recvmsg(4096, _socket.CMSG_SPACE(4 * 4))
         except OSError as err:
