@@ -267,13 +267,24 @@ def test_journald_long_slow_and_unfinished_lines(testbed, monitor_bin, journal, 
     m = run_podman(testbed, monitor_bin, ["sh", "-c", LONG_SCRIPT], ["journald:"], extra)
     assert m.wait_exit_file() == 0, m.describe()
     pieces = LONG // LINE_BUF  # 12 full buffers, then the rest of the line with its newline
-    es = entries_of(m.cid, pieces + 3)
+    if is_c(monitor_bin):  # its piece count varies (see below): wait for the last entry instead
+        es = journal_entries({"CONTAINER_ID_FULL": m.cid}, timeout=15,
+                             until=lambda es: any(e["MESSAGE"] == b"tail without newline" for e in es))
+    else:
+        es = entries_of(m.cid, pieces + 3)
     got = [(e["MESSAGE"], e["PRIORITY"], e.get("CONTAINER_PARTIAL_MESSAGE")) for e in es]
     flag = b"true" if partial else None
     want = ([(b"x" * LINE_BUF, b"6", flag)] * pieces
             + [(b"x" * (LONG - pieces * LINE_BUF) + b"\n", b"6", None),
                (b"abcdef\n", b"6", None),  # one entry, though written in two pieces 0.3 s apart
                (b"tail without newline", b"6", flag)])  # flushed at exit, marked partial
+    if is_c(monitor_bin):
+        # C conmon cuts the long line where its reads happened to end (seen: a 12288-byte piece),
+        # so only what it carries is compared: the same bytes, partial pieces flagged, same tail.
+        assert b"".join(a for a, _, _ in got[:-2]) == b"".join(a for a, _, _ in want[:-2])
+        assert all(c == flag for _, _, c in got[:-3]) and got[-3][2] is None
+        assert got[-2:] == want[-2:]
+        return
     assert [(len(a), b, c) for a, b, c in got] == [(len(a), b, c) for a, b, c in want]
     assert got == want
 
