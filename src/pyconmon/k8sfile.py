@@ -121,17 +121,12 @@ class K8sFileWriter:
         self.failing = False
         self._warned_at: float | None = None  # monotonic time of the last write warning
         self._episode_warned = False  # the current run of failures was reported
-        self._open()
+        from .logpath import check_log_path
+        check_log_path(path, self.allowlist)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+        self.size = os.fstat(self.fd).st_size  # accounting starts from what is there
 
     # -- files -------------------------------------------------------------
-    def _open(self) -> None:
-        from .logpath import check_log_path
-        check_log_path(self.path, self.allowlist)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-        self.size = os.fstat(fd).st_size
-        if self.fd >= 0:
-            os.close(self.fd)
-        self.fd = fd
 
     def reopen(self) -> None:
         """Start a fresh file: rotate or truncate-by-rename (ctl 2 and the size limit).

@@ -34,12 +34,14 @@ class LogSinks:
     @classmethod
     def from_options(cls, opts: Options, diag: Diagnostics) -> LogSinks:
         writers: list[LogWriter] = []
+        journald = False  # `-l journald -l journald:` is still one journal writer
         for driver in opts.log_drivers:
             if driver.kind == "k8s-file":
                 from .k8sfile import K8sFileWriter
                 writers.append(K8sFileWriter(driver.path, diag, opts.log_size_max, opts.log_rotate,
                                              opts.log_max_files, opts.log_allowlist_dirs))
-            elif driver.kind == "journald" and not any(type(w).__name__ == "JournaldWriter" for w in writers):
+            elif driver.kind == "journald" and not journald:
+                journald = True
                 from .journald import JournaldWriter
                 assert opts.cid
                 writers.append(JournaldWriter(opts.cid, opts.name, opts.log_tag, opts.log_labels,
