@@ -165,6 +165,44 @@ def test_any_argv_parses_or_fails_cleanly(argv):
         assert str(err)
 
 
+# A command line that gets through validation, option by option; the property test below drops
+# required ones, adds valid extras and shuffles, so most examples get past validation.
+REQUIRED = {"--cid": CID, "--cuuid": "uuid-1", "--runtime": "/bin/true", "--log-path": "k8s-file:/tmp/ctr.log"}
+NOT_PROVIDED = {"--cid": "Container ID not provided. Use --cid", "--cuuid": "Container UUID not provided. Use --cuuid",
+                "--runtime": "Runtime path not provided. Use --runtime",
+                "--log-path": "Log driver not provided. Use --log-path"}
+VALID_EXTRAS = [["--terminal"], ["-i"], ["--log-size-max", "1000"], ["--log-level", "debug"], ["--timeout", "7"],
+                ["--syslog"], ["--exit-command", "/bin/true"], ["--exit-command-arg", "x"], ["--exit-delay", "2"],
+                ["--runtime-arg", "--root=/run/x"], ["--leave-stdin-open"], ["--no-pivot"], ["--full-attach"],
+                ["-b", "/tmp/bundle"], ["--exit-dir", "/tmp/exits"], ["-n", "name"], ["--api-version", "1"],
+                ["--log-path", "journald:"], ["--log-path", "none:"], ["-P", "/tmp/conmon.pid"]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.sampled_from(sorted(REQUIRED))), st.lists(st.sampled_from(VALID_EXTRAS), max_size=6),
+       st.randoms(use_true_random=False))
+def test_valid_command_lines_validate_and_missing_options_are_named(dropped, extras, rng):
+    """Required options (some dropped) and valid extras, in any order: with nothing dropped, validation
+    passes and the options read back as given; otherwise the error names a dropped option."""
+    groups = [[k, v] for k, v in REQUIRED.items() if k not in dropped] + extras
+    rng.shuffle(groups)
+    argv = [w for g in groups for w in g]
+    opts = parse_args(argv)
+    if dropped:
+        with pytest.raises(ConfigError) as err:
+            validate(opts, cwd="/tmp")
+        assert err.value.text in {NOT_PROVIDED[k] for k in dropped}, (argv, err.value.text)
+        return
+    validate(opts, cwd="/tmp")
+    assert (opts.cid, opts.cuuid, opts.runtime) == (CID, "uuid-1", "/bin/true")
+    assert opts.log_paths == [w for g in groups if g[0] == "--log-path" for w in g[1:]]
+    assert [d.kind for d in opts.log_drivers] == [p.split(":")[0] for p in opts.log_paths]
+    assert opts.terminal == (["--terminal"] in extras) and opts.stdin == (["-i"] in extras)
+    assert opts.timeout == (7 if ["--timeout", "7"] in extras else 0)
+    assert opts.bundle == ("/tmp/bundle" if ["-b", "/tmp/bundle"] in extras else "/tmp")
+    assert opts.runtime_args == ["--root=/run/x"] * extras.count(["--runtime-arg", "--root=/run/x"])
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(words, max_size=8))
 def test_any_argv_never_tracebacks_in_the_real_program(argv):
