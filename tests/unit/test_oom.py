@@ -167,14 +167,15 @@ def test_v2_counters_are_kept_apart(tmp_path: Path) -> None:
     try:
         [fd] = w.fds()
         (d / "memory.events").write_text(events_text(oom=1, oom_kill=0))
-        readable([fd])
+        assert readable([fd]) == [fd]
         assert w.on_readable(fd) is True
         (d / "memory.events").write_text(events_text(oom=1, oom_kill=1))
-        readable([fd])
+        assert readable([fd]) == [fd]
         assert w.on_readable(fd) is True
         (d / "memory.events").write_text(events_text(oom=1, oom_kill=1))  # a write that changes nothing
-        readable([fd])
+        assert readable([fd]) == [fd]  # the event did arrive: the watcher looked and saw no new count
         assert w.on_readable(fd) is False
+        assert readable([fd], 0.05) == []
     finally:
         w.close()
 
@@ -185,9 +186,12 @@ def test_v2_preexisting_counts_are_the_baseline(tmp_path: Path) -> None:
     try:
         [fd] = w.fds()
         (d / "memory.events").write_text(events_text(oom=4, oom_kill=4))
-        readable([fd])
+        assert readable([fd]) == [fd]  # an event arrived, but the counts are the baseline
         assert w.on_readable(fd) is False
         assert w.final_check() is False
+        (d / "memory.events").write_text(events_text(oom=5, oom_kill=4))  # a count above the baseline
+        assert readable([fd]) == [fd]
+        assert w.on_readable(fd) is True
     finally:
         w.close()
 
@@ -252,7 +256,7 @@ def test_v2_for_pid(tmp_path: Path) -> None:
         assert w.version == V2 and w.cgroup_dir == str(leaf)
         [fd] = w.fds()
         (scope / "memory.events").write_text(events_text(oom=1))
-        readable([fd])
+        assert readable([fd]) == [fd]
         assert w.on_readable(fd) is True
     finally:
         w.close()
