@@ -85,30 +85,35 @@ def test_installed_layout(installed: Path) -> None:
     assert os.access(installed / "bin" / "conmon", os.X_OK)
 
 
-def _wait_blocked_on_pipe(pid: int, timeout: float = 10.0) -> None:
-    """Wait until pid sleeps in a pipe read (the start pipe), or at least lives."""
+def _wait_reading_fd(pid: int, fd: int, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` sleeps in read(2) on ``fd`` (from /proc/PID/syscall: x86-64 read is 0)."""
     deadline = time.monotonic() + timeout
-    wchan = ""
+    seen = ""
     while time.monotonic() < deadline:
         try:
-            wchan = Path(f"/proc/{pid}/wchan").read_text()
-        except OSError:
-            wchan = ""
-        if "pipe_read" in wchan:
+            seen = Path(f"/proc/{pid}/syscall").read_text()
+        except OSError as err:
+            pytest.fail(f"monitor {pid} gone or unreadable: {err}")
+        nr, _, rest = seen.partition(" ")
+        if nr == "0" and rest.split(" ", 1)[0] == hex(fd):
             return
-        if wchan in ("", "0") and time.monotonic() > deadline - timeout + 1.0:
-            return  # wchan hidden by this kernel: alive after 1 s will do
         time.sleep(0.02)
-    pytest.fail(f"monitor did not block on the start pipe (wchan={wchan!r})")
+    pytest.fail(f"monitor did not block reading fd {fd} (the start pipe): /proc/{pid}/syscall is {seen!r}")
 
 
-def test_running_monitor_looks_like_conmon(installed: Path) -> None:
-    """A monitor blocked on _OCI_STARTPIPE: exe ends in /conmon, comm is conmon."""
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads x86-64 syscall numbers from /proc/PID/syscall")
+def test_running_monitor_looks_like_conmon(installed: Path, tmp_path: Path) -> None:
+    """A monitor blocked on _OCI_STARTPIPE: exe ends in /conmon, comm is conmon; only the start byte
+    lets it run the runtime."""
     conmon = installed / "bin" / "conmon"
+    ran = tmp_path / "runtime-ran"
+    runtime = tmp_path / "runtime"
+    runtime.write_text(f"#!/bin/sh\necho \"$@\" > {ran}\n")
+    runtime.chmod(0o755)
     r, w = os.pipe()
     try:
         proc = subprocess.Popen(
-            [str(conmon), "--cid", "abcdef0123456", "--cuuid", "x", "--runtime", "/bin/true",
+            [str(conmon), "--cid", "abcdef0123456", "--cuuid", "x", "--runtime", str(runtime),
              "--log-path", "none:", "--sync"],
             env={"_OCI_STARTPIPE": str(r)}, pass_fds=(r,), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
@@ -116,15 +121,20 @@ def test_running_monitor_looks_like_conmon(installed: Path) -> None:
     finally:
         os.close(r)
     try:
-        _wait_blocked_on_pipe(proc.pid)
+        _wait_reading_fd(proc.pid, r)
         assert proc.poll() is None, proc.communicate()
         assert os.readlink(f"/proc/{proc.pid}/exe") == str(conmon)
         assert os.readlink(f"/proc/{proc.pid}/exe").endswith("/conmon")
         assert Path(f"/proc/{proc.pid}/comm").read_text() == "conmon\n"
         assert Path(f"/proc/{proc.pid}/environ").read_bytes() == b"_OCI_STARTPIPE=%d\0" % r
-        assert proc.poll() is None
+        assert not ran.exists()
+        # the start byte: it goes on to run the runtime (which writes no pid file) and exits
+        os.write(w, b"\0")
+        proc.wait(30)
+        assert "create" in ran.read_text().split(), ran.read_text()
     finally:
-        proc.send_signal(signal.SIGKILL)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         os.close(w)
 
