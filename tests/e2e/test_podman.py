@@ -17,11 +17,8 @@ import time
 
 import pytest
 
-from support import C_CONMON
 from support.harness import poll_until, wait_pid_gone
 from support.podman import SLOW, exit_code, run_d
-
-pytestmark = pytest.mark.skipif(not os.path.exists(C_CONMON), reason="Debian's conmon is not installed")
 
 
 @pytest.fixture(params=["conmon", "installed", "checkout"])
