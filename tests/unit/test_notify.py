@@ -95,8 +95,8 @@ def test_filter_cases(payload: bytes, expected: bytes) -> None:
 
 # Lines near the allowed ones: every contract key with allowed, empty and wrong values, keys
 # one letter off or with spaces/CR around, plus random bytes.
-_keys = sorted(CONTRACT_KEYS) + [b"MAINPID", b"FDSTORE", b"WATCHDOG_USEC", b"READ", b"READY_", b"STATUS_X",
-                                 b"status", b" READY", b"ERRNO ", b""]
+_keys = [*sorted(CONTRACT_KEYS), b"MAINPID", b"FDSTORE", b"WATCHDOG_USEC", b"READ", b"READY_", b"STATUS_X",
+         b"status", b" READY", b"ERRNO ", b""]
 _values = st.one_of(
     st.sampled_from([b"1", b"0", b"trigger", b"", b"1 ", b"1\r", b"10", b"a=b"]), st.binary(max_size=8)
 )
