@@ -2,9 +2,11 @@
 #
 #   make                      build build/conmon (libpython embedded)
 #   make install              $(PREFIX)/bin/conmon + $(PREFIX)/lib/pyconmon/pyconmon/*.py[c]
-#   make podman               ... binary as $(PREFIX)/libexec/podman/conmon instead
-#   make crio                 ... binary as $(PREFIX)/libexec/crio/conmon instead
-#   make test | bench | lint | clean | uninstall
+#                             + $(PREFIX)/share/man/man8/conmon.8
+#   make podman               ... binary as $(PREFIX)/libexec/podman/conmon instead (no man page)
+#   make crio                 ... binary as $(PREFIX)/libexec/crio/conmon instead (no man page)
+#   make deb                  build/pyconmon_<version>_<arch>.deb (reproducible, see packaging/deb.py)
+#   make test | bench | bench-docs | lint | clean | uninstall
 #
 # DESTDIR is honoured by every install target; the path compiled into the
 # binary is $(PREFIX)/lib/pyconmon, never the DESTDIR one.
@@ -13,6 +15,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BINDIR ?= $(PREFIX)/bin
 LIBEXECDIR ?= $(PREFIX)/libexec
+MANDIR ?= $(PREFIX)/share/man
 # Directory on the monitor's sys.path; it holds the `pyconmon` package.
 PYCONMON_LIBDIR ?= $(PREFIX)/lib/pyconmon
 
@@ -22,6 +25,14 @@ PYTHON ?= /usr/bin/python3
 PYTHON_CONFIG ?= $(PYTHON)-config
 # Python for the developer targets (test, lint): the one on PATH.
 DEV_PYTHON ?= python3
+
+# Reproducible builds: every date that ends up in a file is the last commit's.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+export SOURCE_DATE_EPOCH
+MAN_DATE := $(if $(SOURCE_DATE_EPOCH),$(shell date -u -d @$(SOURCE_DATE_EPOCH) +%Y-%m-%d))
+# .pyc invalidation: timestamp for `make install`; the package ships unchecked-hash
+# files (no source mtime inside, and dpkg owns the sources anyway).
+PYC_INVALIDATION ?= timestamp
 
 CC ?= cc
 CFLAGS ?= -O2 -g -Wall -Wextra
@@ -61,9 +72,12 @@ LAUNCHER_CMD := $(CC) $(CPPFLAGS) $(CFLAGS) $(PY_CFLAGS) $(LAUNCHER_DEFS) -o $(B
 
 PY_SOURCES := $(shell find $(SRCDIR) -name '*.py' -not -path '*/__pycache__/*' 2>/dev/null | LC_ALL=C sort)
 
-.PHONY: all install install-lib install-bin podman crio uninstall test bench lint clean check-python FORCE
+.PHONY: all man install install-lib install-man podman crio deb uninstall test bench bench-docs lint clean \
+	check-python FORCE
 
-all: $(BUILDDIR)/conmon
+all: $(BUILDDIR)/conmon $(BUILDDIR)/conmon.8
+
+man: $(BUILDDIR)/conmon.8
 
 check-python:
 	@test -n "$(PY_HOME)" || { echo "error: cannot run $(PYTHON); install python3 (set PYTHON=...)" >&2; exit 1; }
@@ -82,6 +96,11 @@ $(BUILDDIR)/cmdline: FORCE | $(BUILDDIR) check-python
 $(BUILDDIR)/conmon: launcher/conmon.c $(BUILDDIR)/cmdline
 	$(LAUNCHER_CMD)
 
+# The man page, made from the option table (it names $(PYCONMON_LIBDIR): cmdline tracks PREFIX).
+$(BUILDDIR)/conmon.8: packaging/manpage.py $(PY_SOURCES) $(BUILDDIR)/cmdline
+	$(PYTHON) -I -S packaging/manpage.py $(if $(MAN_DATE),--date $(MAN_DATE)) --libdir '$(PYCONMON_LIBDIR)' >$@.tmp
+	mv $@.tmp $@
+
 install-lib:
 	@test -n "$(PY_HOME)" || { echo "error: cannot run $(PYTHON)" >&2; exit 1; }
 	rm -rf '$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'
@@ -89,8 +108,12 @@ install-lib:
 	cd $(SRCDIR) && for f in $(patsubst $(SRCDIR)/%,%,$(PY_SOURCES)); do \
 		$(INSTALL) -D -m 644 "$$f" '$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon/'"$$f" || exit 1; \
 	done
-	$(PYTHON) -I -m compileall -q -j 0 -d '$(PYCONMON_LIBDIR)/pyconmon' \
+	env -i PATH="$$PATH" PYTHONHASHSEED=0 $(PYTHON) -s -m compileall -q -j 0 \
+		--invalidation-mode $(PYC_INVALIDATION) -d '$(PYCONMON_LIBDIR)/pyconmon' \
 		'$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'
+
+install-man: $(BUILDDIR)/conmon.8
+	$(INSTALL) -D -m 644 $(BUILDDIR)/conmon.8 '$(DESTDIR)$(MANDIR)/man8/conmon.8'
 
 # $(1): directory for the binary
 define install_bin
@@ -98,7 +121,7 @@ define install_bin
 	$(INSTALL) -m 755 $(BUILDDIR)/conmon '$(DESTDIR)$(1)/conmon'
 endef
 
-install: $(BUILDDIR)/conmon install-lib
+install: $(BUILDDIR)/conmon install-lib install-man
 	$(call install_bin,$(BINDIR))
 
 podman: $(BUILDDIR)/conmon install-lib
@@ -109,7 +132,27 @@ crio: $(BUILDDIR)/conmon install-lib
 
 uninstall:
 	rm -f '$(DESTDIR)$(BINDIR)/conmon' '$(DESTDIR)$(LIBEXECDIR)/podman/conmon' '$(DESTDIR)$(LIBEXECDIR)/crio/conmon'
+	rm -f '$(DESTDIR)$(MANDIR)/man8/conmon.8'
 	rm -rf '$(DESTDIR)$(PYCONMON_LIBDIR)'
+
+# The Debian package: staged with the install targets above (PREFIX=/usr, a
+# private BUILDDIR, the C flags Debian uses, no debug info, stripped), then
+# assembled by packaging/deb.py: owner root, mtimes clamped to
+# SOURCE_DATE_EPOCH, sorted, so two builds of one commit are identical.
+DEB_STAGE := $(BUILDDIR)/deb
+DEB_CFLAGS := -O2 -Wall -Wextra -ffile-prefix-map=$(CURDIR)=. -fstack-protector-strong -D_FORTIFY_SOURCE=2 \
+	-Wformat -Werror=format-security
+DEB_LDFLAGS := -Wl,-z,relro -Wl,-z,now -s
+
+deb: check-python
+	@test -n "$(SOURCE_DATE_EPOCH)" || { echo "error: not a git checkout: set SOURCE_DATE_EPOCH" >&2; exit 1; }
+	rm -rf '$(DEB_STAGE)'
+	$(MAKE) --no-print-directory BUILDDIR='$(DEB_STAGE)/build' DESTDIR='$(abspath $(DEB_STAGE))/root' \
+		PREFIX=/usr LIBEXECDIR=/usr/libexec PYCONMON_LIBDIR=/usr/lib/pyconmon MANDIR=/usr/share/man \
+		CFLAGS='$(DEB_CFLAGS)' LDFLAGS='$(DEB_LDFLAGS)' PYC_INVALIDATION=unchecked-hash \
+		podman crio '$(DEB_STAGE)/build/conmon.8'
+	$(PYTHON) -I -S packaging/deb.py --root '$(DEB_STAGE)/root' --man '$(DEB_STAGE)/build/conmon.8' \
+		--python '$(PYTHON)' --out '$(BUILDDIR)'
 
 test:
 	$(DEV_PYTHON) -m pytest -q tests

@@ -21,6 +21,7 @@ __all__ = [
     "UsageError",
     "help_text",
     "parse_args",
+    "shown_options",
     "validate",
 ]
 
@@ -351,14 +352,27 @@ def validate(opts: Options, cwd: str | None = None) -> None:
 _LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
+LOG_DRIVERS_HELP = "Log drivers for --log-path: k8s-file (default), journald, passthrough, none (off, null)"
+
+
+def shown_options() -> list[tuple[str, str, int, str]]:
+    """(long name, short letter or "", kind, help) of every option ``--help`` lists, --help first.
+
+    The man page (packaging/manpage.py) is made from this list too, so the
+    two cannot drift apart; options without help text are hidden aliases.
+    """
+    rows = [(name, short, kind, text) for name, short, kind, _attr, text in OPTION_TABLE if text]
+    return sorted(rows, key=lambda row: row[0] != "help")
+
+
 def help_text() -> str:
     """Usage in GOption's layout: every option, and the log drivers."""
-    lines = ["Usage:", "  conmon [OPTION\u2026] - conmon utility", "", "Help Options:",
-             "  -h, --help                   Show help options", "", "Application Options:"]
-    for name, short, _kind, _attr, text in OPTION_TABLE:
-        if not text or name == "help":
+    lines = ["Usage:", "  conmon [OPTION\u2026] - conmon utility", ""]
+    for name, short, _kind, text in shown_options():
+        if name == "help":
+            lines += ["Help Options:", f"  -h, --help                   {text}", "", "Application Options:"]
             continue
         head = f"-{short}, --{name}" if short else f"--{name}"
         lines.append(f"  {head:<28} {text}")
-    lines += ["", "Log drivers for --log-path: k8s-file (default), journald, passthrough, none (off, null)", ""]
+    lines += ["", LOG_DRIVERS_HELP, ""]
     return "\n".join(lines)
