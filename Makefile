@@ -162,7 +162,7 @@ bench:
 	$(PYTHON) bench/bench.py $(ARGS)
 
 lint:
-	$(DEV_PYTHON) -m ruff check src tests
+	$(DEV_PYTHON) -m ruff check src tests packaging bench
 	$(DEV_PYTHON) -m mypy
 
 clean:

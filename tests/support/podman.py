@@ -51,8 +51,7 @@ default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 log_driver = "k8s-file"
 
 [engine]
-conmon_path = [{conmon}]
-cgroup_manager = "cgroupfs"
+{conmon_path}cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "{base}/events.log"
 runtime = "runc"
@@ -81,6 +80,9 @@ class Podman:
     ``conmon`` (default: the checkout launcher) is passed as ``--conmon`` and
     picks the containers.conf whose ``conmon_path`` is that path; pass
     ``conmon=None`` to give no ``--conmon`` flag (containers.conf alone).
+    ``Podman(default_conmon=None)`` names no monitor anywhere: no flag, no
+    ``conmon_path``, so Podman picks one by its own search order
+    (/usr/libexec/podman/conmon first, then $PATH).
     """
 
     def __init__(self, base=None, default_conmon=LAUNCHER, engine_extra=""):
@@ -123,11 +125,11 @@ class Podman:
         """Path of the containers.conf that names ``conmon`` as the only conmon_path."""
         conmon = conmon or self.default_conmon
         if conmon not in self._confs:
-            key = hashlib.sha256(conmon.encode()).hexdigest()[:10]
+            key = hashlib.sha256(conmon.encode()).hexdigest()[:10] if conmon else "search"
             path = os.path.join(self.base, "conf", f"containers-{key}.conf")
+            line = f"conmon_path = [{_toml_str(conmon)}]\n" if conmon else ""
             with open(path, "w") as f:
-                f.write(_CONF.format(conmon=_toml_str(conmon), base=self.base,
-                                     engine_extra=self.engine_extra))
+                f.write(_CONF.format(conmon_path=line, base=self.base, engine_extra=self.engine_extra))
             self._confs[conmon] = path
         return self._confs[conmon]
 

@@ -162,7 +162,8 @@ def test_destdir_staging(tmp_path: Path) -> None:
     assert str(stage).encode() not in pyc
     # Nothing landed outside the staging dir's prefix.
     assert sorted(p.name for p in stage.iterdir()) == ["usr"]
-    assert sorted(p.name for p in (stage / "usr").iterdir()) == ["bin", "lib", "libexec"]
+    assert sorted(p.name for p in (stage / "usr").iterdir()) == ["bin", "lib", "libexec", "share"]
+    assert [p.name for p in (stage / "usr" / "share").rglob("*")] == ["man", "man8", "conmon.8"]
 
 
 @pytest.fixture(scope="module")
