@@ -16,6 +16,8 @@ DESTDIR ?=
 BINDIR ?= $(PREFIX)/bin
 LIBEXECDIR ?= $(PREFIX)/libexec
 MANDIR ?= $(PREFIX)/share/man
+# The configuration file is $(SYSCONFDIR)/pyconmon/pyconmon.toml (then /etc/containers/pyconmon.toml).
+SYSCONFDIR ?= $(PREFIX)/etc
 # Directory on the monitor's sys.path; it holds the `pyconmon` package.
 PYCONMON_LIBDIR ?= $(PREFIX)/lib/pyconmon
 
@@ -108,6 +110,8 @@ install-lib:
 	cd $(SRCDIR) && for f in $(patsubst $(SRCDIR)/%,%,$(PY_SOURCES)); do \
 		$(INSTALL) -D -m 644 "$$f" '$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon/'"$$f" || exit 1; \
 	done
+	sed -i 's|^SYSCONFDIR = .*|SYSCONFDIR = "$(SYSCONFDIR)"  # set by make install-lib|' \
+		'$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon/config.py'
 	env -i PATH="$$PATH" PYTHONHASHSEED=0 $(PYTHON) -s -m compileall -q -j 0 \
 		--invalidation-mode $(PYC_INVALIDATION) -d '$(PYCONMON_LIBDIR)/pyconmon' \
 		'$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'

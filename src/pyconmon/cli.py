@@ -25,6 +25,8 @@ def main(argv: list[str]) -> int:
     if opts.version:
         os.write(1, version_text().encode())
         return 0
+    if opts.print_config:
+        return print_config(opts.bundle)
     try:
         validate(opts)
     except ConfigError as err:
@@ -32,6 +34,18 @@ def main(argv: list[str]) -> int:
         return 1
     from .monitor import run
     return run(opts)
+
+
+def print_config(bundle: str | None) -> int:
+    """``--print-config``: the effective settings as TOML, or the error in them."""
+    from .config import SettingsError, for_container
+    try:
+        settings = for_container(bundle)
+    except SettingsError as err:
+        os.write(2, f"conmon: {err}\n".encode())
+        return 1
+    os.write(1, settings.to_toml().encode())
+    return 0
 
 
 def console_main() -> None:

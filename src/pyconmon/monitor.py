@@ -45,10 +45,12 @@ from .syncpipe import SyncPipe
 TYPE_CHECKING = False  # typing costs 7 ms at start-up
 if TYPE_CHECKING:
     from .attach import AttachServer
+    from .config import Settings
     from .ctl import ControlFifos
     from .logsink import LogSinks
     from .notify import NotifyRelay
     from .oom import OomWatcher
+    from .ratelimit import DropLimiter
     from .stdio import ContainerStdio
 
 SIGQUIT, SIGKILL, SIGPIPE, SIGTERM, SIGCHLD, SIGINT = 3, 9, 13, 15, 17, 2
@@ -88,6 +90,8 @@ class Monitor:
         self.notify: NotifyRelay | None = None
         self.passthrough = "passthrough" in opts.log_kinds()
         self.winsize: tuple[int, int] | None = None  # the last size asked for through ctl/winsz
+        self.settings: Settings | None = None  # the configuration file and annotations, if any
+        self.limiter: DropLimiter | None = None
 
     # -- signals and children -------------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -120,6 +124,10 @@ class Monitor:
             self.sinks.write(stream, data)
         if self.attach is not None:
             self.attach.broadcast(stream, data)
+
+    def _log_only(self, stream: int, data: bytes) -> None:
+        if self.sinks is not None:
+            self.sinks.write(stream, data)
 
     def _on_input(self, data: bytes) -> None:
         if self.stdio is not None:
@@ -163,6 +171,10 @@ class Monitor:
                 stdio.on_pty = self._on_pty
             else:
                 stdio.make_pipes(opts.stdin)
+            limit = self.settings.log_limit() if self.settings is not None and not opts.exec_ else None
+            if limit is not None:
+                from .ratelimit import apply_limit
+                self.limiter = apply_limit(limit, stdio, self.loop, self._log_only)
             if opts.bundle and os.path.isdir(opts.bundle):
                 from .attach import AttachServer
                 from .ctl import ControlFifos
@@ -399,6 +411,8 @@ class Monitor:
                     self._record_oom()
             except Exception as err:  # noqa: BLE001 - nor must the last OOM check
                 self.diag.warn(f"OOM check failed: {err}")
+        if self.limiter is not None:
+            self.limiter.flush()  # the last `dropped N bytes` marker
         if self.sinks is not None:
             self.sinks.finish(not opts.no_sync_log)
         if self.attach is not None:
@@ -478,6 +492,14 @@ def run(opts: Options) -> int:
         # Podman and CRI-O read errors from the sync pipe, not from our stderr.
         SyncPipe(sync_fd, key).send(-1, f"Failed to open log file: {err}")
         return 1
+    from .config import SettingsError, for_container
+    try:
+        settings = for_container(None if opts.exec_ else opts.bundle, passthrough="passthrough" in opts.log_kinds())
+    except SettingsError as err:
+        diag.error(str(err))
+        SyncPipe(sync_fd, key).send(-1, str(err))
+        sinks.close()
+        return 1
 
     if start_fd is not None:
         try:
@@ -526,6 +548,7 @@ def run(opts: Options) -> int:
     sync = SyncPipe(sync_fd, key)
     attach_pipe = SyncPipe(attach_fd, "data") if attach_fd is not None else None
     monitor = Monitor(opts, diag, sync, attach_pipe, start_fd, inherited, old_oom, sinks)
+    monitor.settings = settings
     try:
         return monitor.run()
     except Fatal as err:

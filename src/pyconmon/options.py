@@ -60,6 +60,8 @@ OPTION_TABLE: tuple[tuple[str, str, int, str, str], ...] = (
     ("no-new-keyring", "", FLAG, "no_new_keyring", "Do not create a new session keyring for the container"),
     ("no-pivot", "", FLAG, "no_pivot", "Do not use pivot_root"),
     ("no-sync-log", "", FLAG, "no_sync_log", "Do not manually call sync on logs after container shutdown"),
+    ("print-config", "", FLAG, "print_config",
+     "Print pyconmon's effective settings (config file; with -b, the bundle's annotations) and exit"),
     ("persist-dir", "0", STR, "persist_dir", "Persistent directory for container data (exit and oom files)"),
     ("replace-listen-pid", "", FLAG, "replace_listen_pid", "Replace listen pid if set for oci-runtime pid"),
     ("restore", "", STR, "restore", "Restore a container from a checkpoint"),
@@ -149,6 +151,7 @@ class Options:
     no_pivot = False
     no_sync_log = False
     persist_dir: str | None = None
+    print_config = False
     replace_listen_pid = False
     restore: str | None = None
     runtime: str | None = None

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .loop import Timer
+    from .ratelimit import BlockGate
 
 STDOUT, STDERR = 2, 3
 READ_CHUNK = 1 << 20
@@ -99,6 +100,7 @@ class ContainerStdio:
         self.console: ConsoleSocket | None = None
         self.pty_master = -1
         self.output_paused = False
+        self.gate: BlockGate | None = None  # a `block` log rate limit, if any
         self._retry_timer: Timer | None = None
 
     # -- set-up --------------------------------------------------------------
@@ -188,35 +190,50 @@ class ContainerStdio:
         if events & EPOLLOUT:  # only the pty master is both output and stdin
             self._on_stdin_writable(events)
         if events & (EPOLLIN | EPOLLHUP | EPOLLERR):
-            self.read_source(src, once=True)
+            if self.gate is None:
+                self.read_source(src, once=True)
+            else:
+                self._read_gated(src, self.gate)
 
-    def read_source(self, src: OutputSource, once: bool) -> None:
-        """Read one chunk (``once``, from the loop) or everything there is (``drain``)."""
+    def _read_gated(self, src: OutputSource, gate: BlockGate) -> None:
+        """Under a `block` rate limit: read what the limit allows, or wait until it does."""
+        allowed, wait = gate.allowance()
+        if not allowed:
+            self._pace(src, wait)  # the container's writes wait on the full pipe meanwhile
+            return
+        gate.consumed(self.read_source(src, once=True, size=min(allowed, READ_CHUNK)))
+
+    def read_source(self, src: OutputSource, once: bool, size: int = READ_CHUNK) -> int:
+        """Read one chunk (``once``, from the loop) or everything there is (``drain``).
+
+        Returns the size of the last chunk read (0 if none).
+        """
         while not src.eof:
             try:
-                data = os.read(src.fd, READ_CHUNK)
+                data = os.read(src.fd, size)
             except BlockingIOError:
-                return
+                return 0
             except InterruptedError:
                 continue
             except OSError:  # EIO: pty with no slave open
                 if src.is_pty:
                     self._pty_hangup(src)
-                    return
+                    return 0
                 data = b""
             if not data:
                 if src.is_pty:
                     self._pty_hangup(src)
-                    return
+                    return 0
                 self._source_eof(src)
-                return
+                return 0
             self.on_output(src.stream, data)
             if once:
                 if len(data) < PACE_BELOW:
                     self._pace(src)
-                return  # one chunk per event: the loop serves the other fds (attach clients!) in between
+                return len(data)  # one chunk per event: the loop serves the other fds (attach clients!) in between
+        return 0
 
-    def _pace(self, src: OutputSource) -> None:
+    def _pace(self, src: OutputSource, delay: float = PACE_S) -> None:
         """After a short read, let output gather for a moment before reading again.
 
         A container writing small pieces would otherwise cost a wakeup, a
@@ -225,7 +242,7 @@ class ContainerStdio:
         large reads.  Nobody notices a millisecond on a log or a terminal.
         """
         self.loop.remove(src.fd)
-        self.loop.call_later(PACE_S, lambda: self._resume_source(src))
+        self.loop.call_later(delay, lambda: self._resume_source(src))
 
     def _resume_source(self, src: OutputSource) -> None:
         """Watch ``src`` again, unless it ended, output is held, or it is watched already."""

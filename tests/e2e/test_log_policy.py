@@ -1,0 +1,244 @@
+"""Issue 14: the configuration file, io.pyconmon.* annotations and the log rate limit, end to end.
+
+Real runc containers under the installed monitor (``make podman PREFIX=<tmp>``:
+the configuration file's path is fixed by that build, at
+``<tmp>/prefix/etc/pyconmon/pyconmon.toml``), and real Podman passing
+``--annotation``.  A container floods ~100 MB/s against a 1 MiB/s limit:
+with ``drop`` it finishes at its own speed, the log holds about
+rate x time + burst and the ``dropped N bytes`` markers add up exactly to
+what is missing; with ``block`` every line is there and the container took
+as long as the limit says.
+"""
+
+import os
+import re
+import time
+
+import pytest
+
+from support.harness import join_lines, read_k8s_log, stream_text
+from support.installed import install_podman_conmon
+from support.installed import unavailable_reason as install_unavailable
+from support.podman import SLOW, exit_code, run_d
+
+MiB = 1 << 20
+LINE = "x" * 99  # + "\n": 100-byte lines
+FLOOD_CHUNKS, CHUNK = 20, 10_000_000  # 200 MB in 20 bursts at full speed, 50 ms apart: ~100 MB/s
+FLOOD = f"for i in $(seq {FLOOD_CHUNKS}); do yes {LINE} | head -c {CHUNK}; usleep 50000; done"
+MARKER = re.compile(rb"dropped (\d+) bytes")
+PIPE = MiB  # the monitor's pipe size: what a blocked container can write ahead
+
+
+@pytest.fixture(scope="module")
+def policy_conmon(tmp_path_factory):
+    """An installed monitor of its own (its configuration file is this module's to write)."""
+    reason = install_unavailable()
+    if reason:
+        pytest.skip(reason)
+    return install_podman_conmon(tmp_path_factory.mktemp("policy-conmon"))
+
+
+@pytest.fixture
+def config_file(policy_conmon):
+    """Write the installed monitor's configuration file (removed after the test)."""
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(policy_conmon)))
+    path = os.path.join(prefix, "etc", "pyconmon", "pyconmon.toml")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def write(text):
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    yield write
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def annotate(annotations):
+    def edit(spec):
+        spec.setdefault("annotations", {}).update(annotations)
+    return edit
+
+
+def stdout_bytes(records):
+    """Bytes of container stdout the log holds (a F record's content had a newline)."""
+    return sum(len(r.content) + (r.tag == "F") for r in records if r.stream == "stdout")
+
+
+def markers(records):
+    found = [MARKER.search(r.content) for r in records if r.stream == "stderr"]
+    assert all(found), [r.content for r in records if r.stream == "stderr"]
+    return [int(m.group(1)) for m in found]
+
+
+def run_timed(testbed, conmon, args, timeout=60, **kw):
+    m = testbed.run(conmon, ["sh", "-c", args], start=False, **kw)
+    assert m.container_pid, m.describe()
+    started = time.monotonic()
+    m.start_container()
+    code = m.wait_exit_file(timeout)
+    return m, code, time.monotonic() - started
+
+
+def check_drop(records, total, rate, burst, took):
+    logged, dropped = stdout_bytes(records), markers(records)
+    assert logged + sum(dropped) == total  # exact: every byte is either in the log or in a marker
+    lines = join_lines(records)
+    assert all(x.complete and x.content == LINE.encode() for x in lines if x.stream == "stdout")  # whole lines
+    assert logged <= burst + rate * took + MiB  # + one read's worth of slack
+    assert logged >= 0.7 * (burst + rate * (took - 1.0))
+    assert len(dropped) <= took / 1.0 + 2  # once per interval, plus the one at exit
+
+
+def test_drop_by_annotation_container_runs_at_its_own_speed(testbed, policy_conmon):
+    m, code, took = run_timed(testbed, policy_conmon, FLOOD, bundle_kw={"edit": annotate(
+        {"io.pyconmon.log.rate": "1M", "io.pyconmon.log.policy": "drop"})})
+    assert code == 0
+    total = FLOOD_CHUNKS * CHUNK
+    assert took < 0.1 * total / MiB  # unthrottled: far below the 190 s the limit would impose
+    check_drop(m.log_records(), total, MiB, MiB, took)
+
+
+def test_block_by_config_file_loses_nothing_and_takes_size_over_rate(testbed, policy_conmon, config_file):
+    config_file('[log]\nrate = "1M"\nburst = "512k"\npolicy = "block"\n')
+    first, count = 1_000_000, 600_000  # 8-byte lines: 4.8 MB
+    m, code, took = run_timed(testbed, policy_conmon, f"seq {first} {first + count - 1}")
+    assert code == 0
+    assert stream_text(m.log_records()) == b"".join(b"%d\n" % n for n in range(first, first + count))
+    size = 8 * count
+    assert took >= 0.8 * (size - 512 * 1024 - PIPE) / MiB, took
+    assert took <= size / MiB + 3, took
+
+
+def attach_reader(m):
+    """Attach and read stdout in a thread (a client that stops reading holds the container up)."""
+    import threading
+    client = m.attach()
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(client.read_until_eof(60)), daemon=True)
+    thread.start()
+
+    def result(timeout):
+        thread.join(timeout)
+        assert not thread.is_alive(), "the attach connection did not end"
+        return out.get(2, b"")
+    return result
+
+
+def test_attach_in_block_gets_everything(testbed, policy_conmon):
+    m = testbed.run(policy_conmon, ["sh", "-c", "seq 1 200000"], start=False, bundle_kw={"edit": annotate(
+        {"io.pyconmon.log.rate": "512k", "io.pyconmon.log.policy": "block"})})
+    seen = attach_reader(m)
+    m.start_container()
+    assert m.wait_exit_file(30) == 0
+    assert seen(10) == b"".join(b"%d\n" % n for n in range(1, 200001))
+
+
+def test_attach_in_drop_gets_what_was_logged(testbed, policy_conmon):
+    m = testbed.run(policy_conmon, ["sh", "-c", f"yes {LINE} | head -c 20000000"], start=False,
+                    bundle_kw={"edit": annotate({"io.pyconmon.log.rate": "256k", "io.pyconmon.log.policy": "drop"})})
+    reader = attach_reader(m)
+    m.start_container()
+    assert m.wait_exit_file(30) == 0
+    seen = reader(10)
+    records = m.log_records()
+    assert seen == stream_text(records, "stdout")
+    assert 256 * 1024 <= len(seen) < 20_000_000 and sum(markers(records)) == 20_000_000 - len(seen)
+
+
+@pytest.mark.parametrize(("annotations", "message"), [
+    ({"io.pyconmon.log.rate": "1.5M"}, r"config\.json: annotation io\.pyconmon\.log\.rate: not a size"),
+    ({"io.pyconmon.log.policy": "queue"}, r"io\.pyconmon\.log\.policy: must be one of drop, block"),
+    ({"io.pyconmon.log.rat": "1M"}, r"unknown annotation 'io\.pyconmon\.log\.rat'"),
+])
+def test_bad_annotation_is_refused_on_the_sync_pipe(testbed, policy_conmon, annotations, message):
+    m = testbed.run(policy_conmon, ["true"], start=False, bundle_kw={"edit": annotate(annotations)})
+    assert m.sync_msg["data"] == -1, m.describe()
+    assert re.search(message, m.sync_msg["message"]), m.sync_msg
+    assert re.search(message, m.stderr.decode()), m.stderr  # and in the diagnostics
+    assert m.container_pid is None
+
+
+def test_bad_config_file_names_file_line_and_key(testbed, policy_conmon, config_file):
+    path = config_file('[log]\nrate = "1M"\n\n[journald]\nstderr_priority = 4\nidentfier = "x"\n')
+    m = testbed.run(policy_conmon, ["true"], start=False)
+    assert m.sync_msg["data"] == -1, m.describe()
+    assert m.sync_msg["message"].startswith(f"{path}:6: unknown key 'journald.identfier'"), m.sync_msg
+    assert f"{path}:6: unknown key" in m.stderr.decode()
+    config_file('[log]\nrate = = 1\n')
+    m = testbed.run(policy_conmon, ["true"], start=False)
+    assert re.match(rf"{re.escape(path)}: malformed TOML: .*line 2", m.sync_msg["message"]), m.sync_msg
+
+
+def test_forbidden_override_is_refused(testbed, policy_conmon, config_file):
+    config_file('[log]\nrate = "1M"\nallow_override = false\n')
+    m = testbed.run(policy_conmon, ["true"], start=False, bundle_kw={"edit": annotate(
+        {"io.pyconmon.log.rate": "0"})})
+    assert m.sync_msg["data"] == -1 and "log.allow_override = false" in m.sync_msg["message"], m.sync_msg
+
+
+def test_print_config(policy_conmon, config_file, tmp_path):
+    import subprocess
+    import tomllib
+    r = subprocess.run([policy_conmon, "--print-config"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "no configuration file (defaults)" in r.stdout
+    assert tomllib.loads(r.stdout)["log"]["rate"] == 0
+    path = config_file('[log]\nrate = "2M"\npolicy = "block"\n')
+    (tmp_path / "config.json").write_text('{"annotations": {"io.pyconmon.log.burst": "4M"}}')
+    r = subprocess.run([policy_conmon, "--print-config", "-b", str(tmp_path)], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert path in r.stdout.splitlines()[0]
+    doc = tomllib.loads(r.stdout)
+    assert doc["log"] == {"rate": 2 * MiB, "burst": 4 * MiB, "policy": "block", "allow_override": True}
+    config_file('[logs]\n')
+    r = subprocess.run([policy_conmon, "--print-config"], capture_output=True, text=True, check=False)
+    assert r.returncode == 1 and f"{path}:1: unknown table 'logs'" in r.stderr
+
+
+# --------------------------------------------------------------------------
+# Podman: --annotation reaches the monitor through config.json
+
+
+def podman_log(podman, cid):
+    return read_k8s_log(podman.inspect(cid, "{{.HostConfig.LogConfig.Path}}"))
+
+
+def podman_took(podman, cid):
+    import datetime
+    started, finished = (podman.inspect(cid, f"{{{{.State.{k}.Format \"2006-01-02T15:04:05.000000Z07:00\"}}}}")
+                         for k in ("StartedAt", "FinishedAt"))
+    return (datetime.datetime.fromisoformat(finished) - datetime.datetime.fromisoformat(started)).total_seconds()
+
+
+def test_podman_annotation_drop(podman_clean, installed_conmon):
+    podman = podman_clean
+    cid = run_d(podman, installed_conmon, "--annotation", "io.pyconmon.log.rate=1M",
+                "--annotation", "io.pyconmon.log.policy=drop", "busybox", "sh", "-c", FLOOD)
+    assert exit_code(podman, cid) == "exited 0"
+    took = podman_took(podman, cid)
+    total = FLOOD_CHUNKS * CHUNK
+    assert took < 0.1 * total / MiB, took
+    check_drop(podman_log(podman, cid), total, MiB, MiB, took)
+    r = podman("logs", cid, conmon=installed_conmon, timeout=SLOW)
+    assert r.returncode == 0 and "dropped" in r.stderr
+
+
+def test_podman_annotation_block(podman_clean, installed_conmon):
+    podman = podman_clean
+    cid = run_d(podman, installed_conmon, "--annotation", "io.pyconmon.log.rate=1M",
+                "--annotation", "io.pyconmon.log.burst=256k", "--annotation", "io.pyconmon.log.policy=block",
+                "busybox", "seq", "1000000", "1399999")
+    assert exit_code(podman, cid) == "exited 0"
+    took = podman_took(podman, cid)
+    assert stream_text(podman_log(podman, cid)) == b"".join(b"%d\n" % n for n in range(1000000, 1400000))
+    size = 8 * 400_000
+    assert 0.8 * (size - 256 * 1024 - PIPE) / MiB <= took <= size / MiB + 3, took
+
+
+def test_podman_bad_annotation_fails_the_start(podman_clean, installed_conmon):
+    r = podman_clean("run", "--rm", "--annotation", "io.pyconmon.log.policy=sometimes", "busybox", "true",
+                     conmon=installed_conmon, timeout=SLOW)
+    assert r.returncode != 0
+    assert "io.pyconmon.log.policy: must be one of drop, block" in r.stderr, r.stderr
