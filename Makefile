@@ -152,7 +152,7 @@ deb: check-python
 	@test -n "$(SOURCE_DATE_EPOCH)" || { echo "error: not a git checkout: set SOURCE_DATE_EPOCH" >&2; exit 1; }
 	rm -rf '$(DEB_STAGE)'
 	$(MAKE) --no-print-directory BUILDDIR='$(DEB_STAGE)/build' DESTDIR='$(abspath $(DEB_STAGE))/root' \
-		PREFIX=/usr LIBEXECDIR=/usr/libexec PYCONMON_LIBDIR=/usr/lib/pyconmon MANDIR=/usr/share/man \
+		PREFIX=/usr SYSCONFDIR=/etc LIBEXECDIR=/usr/libexec PYCONMON_LIBDIR=/usr/lib/pyconmon MANDIR=/usr/share/man \
 		CFLAGS='$(DEB_CFLAGS)' LDFLAGS='$(DEB_LDFLAGS)' PYC_INVALIDATION=unchecked-hash \
 		podman crio '$(DEB_STAGE)/build/conmon.8'
 	$(PYTHON) -I -S packaging/deb.py --root '$(DEB_STAGE)/root' --man '$(DEB_STAGE)/build/conmon.8' \

@@ -105,7 +105,7 @@ class JournaldWriter:
 
     def __init__(self, cid: str, name: str | None, tag: str | None, labels: list[str],
                  partial_messages: bool = True, socket_path: str = JOURNAL_SOCKET,
-                 diag: Diagnostics | None = None) -> None:
+                 diag: Diagnostics | None = None, stderr_priority: int = 3, identifier: str | None = None) -> None:
         self.socket_path = socket_path
         self.diag = diag
         self.partial_messages = partial_messages
@@ -114,7 +114,7 @@ class JournaldWriter:
             fields.append(encode_field(b"CONTAINER_NAME", _b(name)))
         if tag:
             fields.append(encode_field(b"CONTAINER_TAG", _b(tag)))
-        fields.append(encode_field(b"SYSLOG_IDENTIFIER", _b(tag or name or cid[:12])))
+        fields.append(encode_field(b"SYSLOG_IDENTIFIER", _b(identifier or tag or name or cid[:12])))
         for label in labels:
             key, eq, value = _b(label).partition(b"=")
             if eq and valid_field_name(key):
@@ -127,7 +127,8 @@ class JournaldWriter:
         # line, whether a piece of it went out already, and that line's priority.
         self._pend = (bytearray(), bytearray())
         self._cont = [False, False]
-        self._prio = [6, 3]
+        self._default_prio = (6, stderr_priority)  # stdout, stderr (pyconmon.toml journald.stderr_priority)
+        self._prio = list(self._default_prio)
         self._sock: _socket.socket | None = None
         self._poll: select.poll | None = None
         self._congested_until = 0.0
@@ -152,7 +153,7 @@ class JournaldWriter:
         if pend:
             lines[0] = bytes(pend) + lines[0]
             pend.clear()
-        default = 3 if err else 6
+        default = self._default_prio[err]
         fields = self._fields
         out = []
         append = out.append
@@ -178,9 +179,9 @@ class JournaldWriter:
         if self._cont[err]:
             prio = self._prio[err]
         elif self.priority_prefix:
-            piece, prio = split_prefix(piece, 3 if err else 6)
+            piece, prio = split_prefix(piece, self._default_prio[err])
         else:
-            prio = 3 if err else 6
+            prio = self._default_prio[err]
         self._prio[err] = prio
         self._cont[err] = partial
         out.append(encode_message(piece, prio, partial and self.partial_messages, self._fields))

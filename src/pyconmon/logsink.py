@@ -16,6 +16,8 @@ TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings 
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from .config import Settings
+
     class LogWriter(Protocol):
         def write(self, stream: int, data: bytes) -> None: ...
         def reopen(self) -> None: ...
@@ -32,7 +34,7 @@ class LogSinks:
         self.budget = global_max if global_max > 0 else -1
 
     @classmethod
-    def from_options(cls, opts: Options, diag: Diagnostics) -> LogSinks:
+    def from_options(cls, opts: Options, diag: Diagnostics, settings: Settings | None = None) -> LogSinks:
         writers: list[LogWriter] = []
         journald = False  # `-l journald -l journald:` is still one journal writer
         for driver in opts.log_drivers:
@@ -44,8 +46,13 @@ class LogSinks:
                 journald = True
                 from .journald import JournaldWriter
                 assert opts.cid
+                identifier = None
+                if settings is not None and settings.journald_identifier:
+                    identifier = settings.journald_identifier.format(
+                        id=opts.cid[:12], full_id=opts.cid, name=opts.name or "", tag=opts.log_tag or "")
                 writers.append(JournaldWriter(opts.cid, opts.name, opts.log_tag, opts.log_labels,
-                                              not opts.no_partial_message, diag=diag))
+                                              not opts.no_partial_message, diag=diag, identifier=identifier,
+                                              stderr_priority=settings.journald_stderr_priority if settings else 3))
         return cls(writers, diag, opts.log_global_size_max)
 
     def write(self, stream: int, data: bytes) -> None:

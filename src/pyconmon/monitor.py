@@ -485,20 +485,19 @@ def run(opts: Options) -> int:
     from .logpath import LogPathError
     from .logsink import LogSinks
     key = "data" if opts.api_version else ("exit_code" if opts.exec_ else "pid")
-    try:
-        sinks = LogSinks.from_options(opts, diag)
-    except (OSError, LogPathError) as err:
-        diag.error(f"Failed to open log file: {err}")
-        # Podman and CRI-O read errors from the sync pipe, not from our stderr.
-        SyncPipe(sync_fd, key).send(-1, f"Failed to open log file: {err}")
-        return 1
     from .config import SettingsError, for_container
-    try:
+    try:  # pyconmon.toml and the io.pyconmon.* annotations: a bad one is refused like a bad option
         settings = for_container(None if opts.exec_ else opts.bundle, passthrough="passthrough" in opts.log_kinds())
     except SettingsError as err:
         diag.error(str(err))
         SyncPipe(sync_fd, key).send(-1, str(err))
-        sinks.close()
+        return 1
+    try:
+        sinks = LogSinks.from_options(opts, diag, settings)
+    except (OSError, LogPathError) as err:
+        diag.error(f"Failed to open log file: {err}")
+        # Podman and CRI-O read errors from the sync pipe, not from our stderr.
+        SyncPipe(sync_fd, key).send(-1, f"Failed to open log file: {err}")
         return 1
 
     if start_fd is not None:

@@ -96,7 +96,7 @@ def test_drop_by_annotation_container_runs_at_its_own_speed(testbed, policy_conm
         {"io.pyconmon.log.rate": "1M", "io.pyconmon.log.policy": "drop"})})
     assert code == 0
     total = FLOOD_CHUNKS * CHUNK
-    assert took < 0.1 * total / MiB  # unthrottled: far below the 190 s the limit would impose
+    assert took < 8  # unthrottled (~2.3 s here): the limit would have made it 190 s
     check_drop(m.log_records(), total, MiB, MiB, took)
 
 
@@ -219,7 +219,7 @@ def test_podman_annotation_drop(podman_clean, installed_conmon):
     assert exit_code(podman, cid) == "exited 0"
     took = podman_took(podman, cid)
     total = FLOOD_CHUNKS * CHUNK
-    assert took < 0.1 * total / MiB, took
+    assert took < 8, took
     check_drop(podman_log(podman, cid), total, MiB, MiB, took)
     r = podman("logs", cid, conmon=installed_conmon, timeout=SLOW)
     assert r.returncode == 0 and "dropped" in r.stderr
@@ -242,3 +242,27 @@ def test_podman_bad_annotation_fails_the_start(podman_clean, installed_conmon):
                      conmon=installed_conmon, timeout=SLOW)
     assert r.returncode != 0
     assert "io.pyconmon.log.policy: must be one of drop, block" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------
+# journald: stderr priority and identifier from the file; markers in the journal
+
+
+def test_journald_priority_identifier_and_drop_markers(testbed, policy_conmon, config_file, journal):
+    from support.journald_service import journal_entries
+    config_file('[journald]\nstderr_priority = "notice"\nidentifier = "ctr-{name}-{id}"\n')
+    script = "echo out; echo '<2>crit' >&2; echo err >&2; yes " + LINE + " | head -c 3000000; echo last >&2"
+    m = testbed.run(policy_conmon, ["sh", "-c", script], log_driver="journald", name="jd",
+                    bundle_kw={"edit": annotate({"io.pyconmon.log.rate": "64k", "io.pyconmon.log.burst": "8k"})})
+    assert m.wait_exit_file(30) == 0, m.describe()
+    es = journal_entries({"CONTAINER_ID_FULL": m.cid}, timeout=15,
+                         until=lambda es: any(MARKER.search(e["MESSAGE"]) for e in es)
+                         and any(e["MESSAGE"] == b"last\n" for e in es))
+    assert {e["SYSLOG_IDENTIFIER"] for e in es} == {f"ctr-jd-{m.cid[:12]}".encode()}
+    prio = {e["MESSAGE"]: e["PRIORITY"] for e in es if not e["MESSAGE"].startswith(b"x")}
+    assert (prio[b"out\n"], prio[b"crit\n"], prio[b"err\n"], prio[b"last\n"]) == (b"6", b"2", b"5", b"5")
+    marks = [e for e in es if MARKER.search(e["MESSAGE"])]
+    assert {e["PRIORITY"] for e in marks} == {b"5"}  # on the stderr stream, at its priority
+    logged = sum(len(e["MESSAGE"]) for e in es if e["MESSAGE"].startswith(b"x"))
+    total = 3_000_000
+    assert logged + sum(int(MARKER.search(e["MESSAGE"]).group(1)) for e in marks) == total

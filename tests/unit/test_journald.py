@@ -498,3 +498,13 @@ def test_priority_prefix_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     got = w.entries()
     assert got[0] == (b"<3>kept\n", 6, False)
     assert [(len(m), p) for m, p, _ in got[1:]] == [(LINE_BUF, 3), (4, 3)]
+
+
+def test_stderr_priority_and_identifier_are_configurable() -> None:
+    """pyconmon.toml [journald]: stderr_priority applies to every stderr piece; a <N> prefix still wins."""
+    w = writer(name="web", tag="t", stderr_priority=5, identifier="ctr-web")
+    w.write(3, b"err\n<2>crit\n" + b"e" * 9000 + b"\n")
+    w.write(2, b"out\n")
+    assert as_dict(w.sent[0])[b"SYSLOG_IDENTIFIER"] == b"ctr-web"
+    assert [(p, partial) for _, p, partial in w.entries()] == [(5, False), (2, False), (5, True), (5, False),
+                                                               (6, False)]
