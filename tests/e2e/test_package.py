@@ -106,6 +106,8 @@ def test_package_contents(deb: Path, tmp_path: Path) -> None:
     conmon_files = subprocess.run(["dpkg-query", "-L", "conmon"], capture_output=True, text=True).stdout.split()
     assert not files & {p.lstrip("/") for p in conmon_files}
     assert not any(n.startswith("usr/bin") for n in names)
+    # pyconmon.toml is looked for in /etc/pyconmon, not /usr/etc/pyconmon
+    assert '\nSYSCONFDIR = "/etc"' in (tmp_path / "x" / "usr/lib/pyconmon/pyconmon/config.py").read_text()
     # reproducible by construction: root-owned, sorted, one mtime (the commit's)
     assert {(m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, "root", "root")}
     assert names == sorted(names)
