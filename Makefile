@@ -161,9 +161,13 @@ deb: check-python
 test:
 	$(DEV_PYTHON) -m pytest -q tests
 
-# e.g. make bench ARGS="--quick" (python3 bench/bench.py --help)
+# e.g. make bench ARGS="--quick" (python3 bench/bench.py --help). A full run writes
+# docs/performance.{json,md} and README.md's Performance table; bench-docs only re-renders them.
 bench:
 	$(PYTHON) bench/bench.py $(ARGS)
+
+bench-docs:
+	$(PYTHON) bench/bench.py --render-docs
 
 lint:
 	$(DEV_PYTHON) -m ruff check src tests packaging bench
