@@ -139,9 +139,10 @@ def wait_ready(client):
                                          ("ctl", ["1 4", "0 10", "0\n"]), ("ctl", ["1 2 3\n1 40 100\n"])],
                          ids=["ctl", "winsz", "ctl-split", "ctl-two-lines"])
 def test_resize_seen_by_stty(testbed, monitor_bin, fifo, pieces):
-    if len(pieces[0].splitlines()) > 1 and not is_py(monitor_bin):
-        pytest.skip("C conmon 2.1.6 parses the first line of a read once per line in it (sscanf on the "
-                    "buffer start): it applies 2x3 twice and never 40x100")
+    """[conmon] ctl-two-lines: C conmon 2.1.6 parses the first line of a read once per line in it
+    (sscanf on the buffer start): it applies 2x3 twice and never 40x100, so the script gives up
+    waiting after 10 s and reports 2x3."""
+    c_two_lines = len(pieces[0].splitlines()) > 1 and not is_py(monitor_bin)
     m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", wait_size(40, 100)])
     wait_ready(client)
     fd = os.open(os.path.join(m.bundle, fifo), os.O_WRONLY | os.O_NONBLOCK)
@@ -152,7 +153,7 @@ def test_resize_seen_by_stty(testbed, monitor_bin, fifo, pieces):
     finally:
         os.close(fd)
     out = client.read_until_eof(15)[2]
-    assert out.endswith(b"ready\r\nnow 40 100\r\n"), out
+    assert out.endswith(b"ready\r\nnow 2 3\r\n" if c_two_lines else b"ready\r\nnow 40 100\r\n"), out
     assert m.wait_exit_file() == 0
 
 
@@ -512,17 +513,24 @@ def test_exec_it(testbed, monitor_bin, sleeper):
     assert e.read_sync(10) == {"data": 4}
 
 
-def test_exec_it_pty_stays_open_after_client_eof(testbed, sleeper):
+def test_exec_it_pty_stays_open_after_client_eof(testbed, monitor_bin, sleeper):
     """pyconmon never closes the pty for a client's EOF, even with -i (exec -it): a later client can
-    still type. C conmon 2.1.6 closes its stdin copy of the pty master instead, so later input is
-    dropped while the process, which never sees EOF, waits forever."""
-    e = testbed.exec(LAUNCHER, sleeper, ["sh", "-c", 'read a; echo "a=$a"; read b; echo "b=$b"'],
+    still type. [conmon] C conmon 2.1.6 closes its stdin copy of the pty master instead, so later
+    input is dropped (not even echoed) while the process, which never sees EOF, waits on."""
+    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", 'read a; echo "a=$a"; read b; echo "b=$b"'],
                      terminal=True, stdin=True)
     e.client.send(b"one\n")
     e.client.read_until(lambda o: b"a=one\r\n" in o.get(2, b""), 10)
     e.client.shutdown_write()
     second = e.attach()
     second.send(b"two\n")
+    if not is_py(monitor_bin):
+        with pytest.raises(TimeoutError):
+            second.read_until(lambda o: b"two" in o.get(2, b""), 3)
+        assert pid_alive(e.container_pid), "the exec process still waits for its second line"
+        os.kill(e.container_pid, signal.SIGKILL)
+        assert e.wait_exit_file() == 137
+        return
     assert second.read_until_eof(10) == {2: b"two\r\nb=two\r\n"}
     assert e.wait_exit_file() == 0
 
