@@ -215,15 +215,47 @@ def fifo_pending(fd):
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
-def test_ctl_garbage_then_valid_resize(testbed):
+def _c_conmon_spins_on_ctl(m):
+    fd = os.open(os.path.join(m.bundle, "ctl"), os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, b"x" * 100)
+        poll_until(lambda: fifo_pending(fd) == 0, 5, what="the monitor to read the first piece")
+        os.write(fd, b"y" * 150)  # 250 bytes without a newline: more than its 200-byte buffer
+        cpu0 = cpu_seconds(m.pid)
+        time.sleep(1)  # CPU use needs a span of time: nothing to poll
+        assert cpu_seconds(m.pid) - cpu0 > 0.5, "C conmon does not spin"
+        assert fifo_pending(fd) > 0, "C conmon read the rest after all"
+        # the garbage stream: the FIFO stops draining for good
+        stuck_at = None
+        for i, line in enumerate(_garbage_lines(random.Random(0x5eed), 10_000)):
+            try:
+                os.write(fd, line)
+            except BlockingIOError:
+                stuck_at = i
+                break
+        assert stuck_at is not None, "C conmon took all 10,000 lines"
+        pending = fifo_pending(fd)
+        with pytest.raises(TimeoutError):
+            poll_until(lambda: fifo_pending(fd) < pending, 3, what="the FIFO to drain")
+        assert pid_alive(m.pid)
+    finally:
+        os.close(fd)
+        os.kill(m.pid, signal.SIGKILL)  # it would spin on after the container's exit
+
+
+def test_ctl_garbage_then_valid_resize(testbed, monitor_bin):
     """10,000 malformed ctl (and 1,000 winsz) lines, written one by one, never stop the monitor nor
     leave it spinning; a later resize still works (pyconmon).
 
-    C conmon 2.1.6 fails this: a line of more than 199 bytes arriving in two pieces makes it spin
-    (100% CPU), and this stream killed it (and the container) after ~130 lines.
+    [conmon] C conmon 2.1.6 fails this: a line of more than 199 bytes arriving in two pieces makes it
+    spin (100% CPU, the rest of the line never read), and the garbage stream leaves it spinning and
+    no longer reading the FIFO after about 130 lines.
     """
-    m, client = started_with_client(testbed, LAUNCHER, ["sh", "-c", wait_size(33, 77)])
+    m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", wait_size(33, 77)])
     wait_ready(client)
+    if not is_py(monitor_bin):
+        _c_conmon_spins_on_ctl(m)
+        return
     rng = random.Random(0x5eed)
     lines = _garbage_lines(rng, 10_000)
     # a line of a few hundred KB, a burst of NULs, and a long partial line in two pieces
