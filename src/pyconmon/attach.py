@@ -98,6 +98,8 @@ class AttachServer:
         self.on_input = on_input
         self.on_client_eof = on_client_eof
         self.clients: dict[int, AttachClient] = {}
+        self.accepted = 0  # clients in all (metrics)
+        self.kicked = 0  # clients the monitor dropped (metrics)
         self.link: str | None = None
         self.input_paused = False
         self.on_backpressure: Callable[[bool], None] | None = None
@@ -143,6 +145,7 @@ class AttachServer:
             sock.setblocking(False)
             client = AttachClient(sock)
             self.clients[client.fd] = client
+            self.accepted += 1
             self.loop.add(client.fd, 0 if self.input_paused else EPOLLIN,
                           lambda ev, c=client: self._on_client(c, ev))  # type: ignore[misc]
             self.diag.debug("Accepted attach client")
@@ -202,6 +205,7 @@ class AttachServer:
         if self.clients.pop(client.fd, None) is None:
             return
         if reason:
+            self.kicked += 1  # dropped by the monitor (too slow), not gone by itself
             self.diag.warn(reason)
         self.loop.remove(client.fd)
         client.sock.close()

@@ -93,6 +93,18 @@ def _identifier(value: object) -> str:
     return value
 
 
+def _absolute_path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ValueError(f"must be an absolute path, not {value!r}")
+    return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+        raise ValueError(f"must be a number of seconds > 0, not {value!r}")
+    return float(value)
+
+
 # (table, key) -> (attribute of Settings, parser of the value)
 SCHEMA: dict[tuple[str, str], tuple[str, object]] = {
     ("log", "rate"): ("log_rate", parse_size),
@@ -101,6 +113,8 @@ SCHEMA: dict[tuple[str, str], tuple[str, object]] = {
     ("log", "allow_override"): ("log_allow_override", _boolean),
     ("journald", "stderr_priority"): ("journald_stderr_priority", _priority),
     ("journald", "identifier"): ("journald_identifier", _identifier),
+    ("metrics", "dir"): ("metrics_dir", _absolute_path),
+    ("metrics", "interval"): ("metrics_interval", _seconds),
 }
 TABLES = tuple(dict.fromkeys(table for table, _ in SCHEMA))
 
@@ -129,6 +143,8 @@ class Settings:
     log_allow_override = True
     journald_stderr_priority = 3
     journald_identifier: str | None = None  # None: the tag, else the name, else the short id
+    metrics_dir: str | None = None  # None: no metrics file
+    metrics_interval = 5.0
 
     def __init__(self) -> None:
         self.annotations: dict[str, str] = {}  # the io.pyconmon.* annotations applied
@@ -165,8 +181,8 @@ class Settings:
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
 

@@ -119,6 +119,9 @@ class K8sFileWriter:
         self.fd = -1
         self.size = 0
         self.failing = False
+        self.rotations = 0  # files started by reopen (metrics)
+        self.write_errors = 0  # failed writes (metrics)
+        self.lost_bytes = 0  # bytes of records those failures lost (metrics)
         self._warned_at: float | None = None  # monotonic time of the last write warning
         self._episode_warned = False  # the current run of failures was reported
         from .logpath import check_log_path
@@ -154,6 +157,7 @@ class K8sFileWriter:
             self.diag.warn_once("reopen:" + self.path, f"Failed to reopen log file {self.path}: {err}")
             return
         self.diag.forget("reopen:" + self.path)
+        self.rotations += 1
         if self.fd >= 0:
             os.close(self.fd)
         self.fd = fd
@@ -211,6 +215,8 @@ class K8sFileWriter:
             while done < len(out):
                 done += os.write(fd, view[done:])
         except OSError as err:
+            self.write_errors += 1
+            keep = 0
             if done:
                 keep = out.rfind(b"\n", 0, done) + 1  # the whole records that fitted stay
                 try:
@@ -218,6 +224,8 @@ class K8sFileWriter:
                     self.size = start + keep
                 except OSError:
                     self.size = start + done
+                    keep = done
+            self.lost_bytes += len(out) - keep
             if not self.failing:
                 self.failing = True
                 now = time.monotonic()

@@ -32,6 +32,7 @@ class LogSinks:
         self.writers = writers
         self.diag = diag
         self.budget = global_max if global_max > 0 else -1
+        self.over_budget = 0  # bytes dropped by --log-global-size-max (metrics)
 
     @classmethod
     def from_options(cls, opts: Options, diag: Diagnostics, settings: Settings | None = None) -> LogSinks:
@@ -60,6 +61,7 @@ class LogSinks:
             if self.budget < len(data):
                 # Said as soon as anything is dropped: the cut chunk may be the last one.
                 self.diag.warn_once("global-size", "Global log size limit reached: dropping further output")
+                self.over_budget += len(data) - self.budget
                 if self.budget == 0:
                     return
                 data = data[:self.budget]

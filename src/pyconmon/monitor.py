@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .ctl import ControlFifos
     from .logsink import LogSinks
+    from .metrics import MetricsReporter
     from .notify import NotifyRelay
     from .oom import OomWatcher
     from .ratelimit import DropLimiter
@@ -92,6 +93,7 @@ class Monitor:
         self.winsize: tuple[int, int] | None = None  # the last size asked for through ctl/winsz
         self.settings: Settings | None = None  # the configuration file and annotations, if any
         self.limiter: DropLimiter | None = None
+        self.metrics: MetricsReporter | None = None
 
     # -- signals and children -------------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -175,6 +177,11 @@ class Monitor:
             if limit is not None:
                 from .ratelimit import apply_limit
                 self.limiter = apply_limit(limit, stdio, self.loop, self._log_only)
+            if self.settings is not None and self.settings.metrics_dir and not opts.exec_ and opts.cid:
+                from .metrics import MetricsReporter
+                self.metrics = MetricsReporter(self.settings.metrics_dir, opts.cid, opts.name, self.loop, self.diag,
+                                               self.settings.metrics_interval)
+                self.metrics.install(self)
             if opts.bundle and os.path.isdir(opts.bundle):
                 from .attach import AttachServer
                 from .ctl import ControlFifos
@@ -313,6 +320,8 @@ class Monitor:
         self._watch_exit(pid)
         if self.stdio is not None:
             self.stdio.watch_output()
+        if self.metrics is not None:
+            self.metrics.start()
         if opts.timeout > 0:
             loop.call_later(opts.timeout, self._on_timeout)
         loop.run_until(lambda: pid in self.statuses)
@@ -417,6 +426,8 @@ class Monitor:
             self.sinks.finish(not opts.no_sync_log)
         if self.attach is not None:
             self.attach.flush_all()
+        if self.metrics is not None:
+            self.metrics.final()  # before the exit file: who sees it finds the final numbers
         for fd in self.inherited:
             if fd != self.sync.fd:
                 try:
@@ -559,4 +570,7 @@ def run(opts: Options) -> int:
         sync.send(-1, str(err))
         monitor._teardown()
         return 1
+    finally:
+        if monitor.metrics is not None:
+            monitor.metrics.remove()
 

@@ -6,6 +6,8 @@
   conmon, ``installed``, ``checkout``/``pyconmon`` = bin/pyconmon) to its path,
   for test modules' own parametrised monitor fixtures.
 - ``ref_and_installed``: C conmon (the reference) and the installed pyconmon.
+- ``policy_conmon``/``config_file``: a second installed monitor and a writer for its
+  configuration file (``<prefix>/etc/pyconmon/pyconmon.toml``, removed after each test).
 - ``journal``: a real systemd-journald (tests/support/journald_service.py),
   skipped where there is none.
 """
@@ -56,3 +58,29 @@ def journal():
     if reason is not None:
         pytest.skip(reason)
     return ensure_journald()
+
+
+@pytest.fixture(scope="session")
+def policy_conmon(tmp_path_factory):
+    """An installed monitor of its own, for tests that write its pyconmon.toml (``config_file``)."""
+    reason = install_unavailable()
+    if reason:
+        pytest.skip(reason)
+    return install_podman_conmon(tmp_path_factory.mktemp("policy-conmon"))
+
+
+@pytest.fixture
+def config_file(policy_conmon):
+    """Write the installed monitor's configuration file (removed after the test)."""
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(policy_conmon)))
+    path = os.path.join(prefix, "etc", "pyconmon", "pyconmon.toml")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def write(text):
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    yield write
+    if os.path.exists(path):
+        os.unlink(path)

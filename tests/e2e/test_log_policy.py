@@ -10,15 +10,12 @@ what is missing; with ``block`` every line is there and the container took
 as long as the limit says.
 """
 
-import os
 import re
 import time
 
 import pytest
 
-from support.harness import join_lines, read_k8s_log, stream_text
-from support.installed import install_podman_conmon
-from support.installed import unavailable_reason as install_unavailable
+from support.harness import join_lines, read_attach_in_thread, read_k8s_log, stream_text
 from support.podman import SLOW, exit_code, run_d
 
 MiB = 1 << 20
@@ -27,32 +24,6 @@ FLOOD_CHUNKS, CHUNK = 20, 10_000_000  # 200 MB in 20 bursts at full speed, 50 ms
 FLOOD = f"for i in $(seq {FLOOD_CHUNKS}); do yes {LINE} | head -c {CHUNK}; usleep 50000; done"
 MARKER = re.compile(rb"dropped (\d+) bytes")
 PIPE = MiB  # the monitor's pipe size: what a blocked container can write ahead
-
-
-@pytest.fixture(scope="module")
-def policy_conmon(tmp_path_factory):
-    """An installed monitor of its own (its configuration file is this module's to write)."""
-    reason = install_unavailable()
-    if reason:
-        pytest.skip(reason)
-    return install_podman_conmon(tmp_path_factory.mktemp("policy-conmon"))
-
-
-@pytest.fixture
-def config_file(policy_conmon):
-    """Write the installed monitor's configuration file (removed after the test)."""
-    prefix = os.path.dirname(os.path.dirname(os.path.dirname(policy_conmon)))
-    path = os.path.join(prefix, "etc", "pyconmon", "pyconmon.toml")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-
-    def write(text):
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
-    yield write
-    if os.path.exists(path):
-        os.unlink(path)
 
 
 def annotate(annotations):
@@ -111,25 +82,10 @@ def test_block_by_config_file_loses_nothing_and_takes_size_over_rate(testbed, po
     assert took <= size / MiB + 3, took
 
 
-def attach_reader(m):
-    """Attach and read stdout in a thread (a client that stops reading holds the container up)."""
-    import threading
-    client = m.attach()
-    out = {}
-    thread = threading.Thread(target=lambda: out.update(client.read_until_eof(60)), daemon=True)
-    thread.start()
-
-    def result(timeout):
-        thread.join(timeout)
-        assert not thread.is_alive(), "the attach connection did not end"
-        return out.get(2, b"")
-    return result
-
-
 def test_attach_in_block_gets_everything(testbed, policy_conmon):
     m = testbed.run(policy_conmon, ["sh", "-c", "seq 1 200000"], start=False, bundle_kw={"edit": annotate(
         {"io.pyconmon.log.rate": "512k", "io.pyconmon.log.policy": "block"})})
-    seen = attach_reader(m)
+    seen = read_attach_in_thread(m)
     m.start_container()
     assert m.wait_exit_file(30) == 0
     assert seen(10) == b"".join(b"%d\n" % n for n in range(1, 200001))
@@ -138,7 +94,7 @@ def test_attach_in_block_gets_everything(testbed, policy_conmon):
 def test_attach_in_drop_gets_what_was_logged(testbed, policy_conmon):
     m = testbed.run(policy_conmon, ["sh", "-c", f"yes {LINE} | head -c 20000000"], start=False,
                     bundle_kw={"edit": annotate({"io.pyconmon.log.rate": "256k", "io.pyconmon.log.policy": "drop"})})
-    reader = attach_reader(m)
+    reader = read_attach_in_thread(m)
     m.start_container()
     assert m.wait_exit_file(30) == 0
     seen = reader(10)

@@ -1128,3 +1128,20 @@ class Tracker:
             shutil.rmtree(d, ignore_errors=True)
         self.containers, self.monitors, self.dirs = [], [], []
         return errors
+
+
+def read_attach_in_thread(m, timeout=60):
+    """Attach to ``m`` and read in a thread until EOF (a client that stops reading holds the container up).
+
+    Returns ``result(timeout)``: waits for the EOF, then gives the stdout bytes received.
+    """
+    client = m.attach()
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(client.read_until_eof(timeout)), daemon=True)
+    thread.start()
+
+    def result(wait):
+        thread.join(wait)
+        assert not thread.is_alive(), "the attach connection did not end"
+        return out.get(2, b"")
+    return result

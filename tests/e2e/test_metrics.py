@@ -1,0 +1,110 @@
+"""Issue 14: ``<metrics dir>/<container id>.prom``, read with prometheus_client's parser, against the log.
+
+The installed monitor of ``policy_conmon`` with its pyconmon.toml naming a
+metrics directory; runc containers through the harness and one through Podman.
+"""
+
+import os
+import re
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.harness import join_lines, poll_until, read_attach_in_thread, stream_text
+
+LINE = "m" * 99
+MARKER = re.compile(rb"dropped (\d+) bytes")
+
+
+def read_metrics(path):
+    """{(name, stream/cause label or None): value}, checking every sample's container labels."""
+    with open(path) as f:
+        text = f.read()
+    out, labels = {}, set()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels.add((s.labels.get("container_id"), s.labels.get("container_name")))
+            out[(s.name, s.labels.get("stream") or s.labels.get("cause"))] = s.value
+    return out, labels
+
+
+def config(config_file, directory, extra=""):
+    return config_file(f'[metrics]\ndir = "{directory}"\ninterval = 0.2\n{extra}')
+
+
+def test_final_numbers_equal_the_log_and_the_file_goes_at_exit(testbed, policy_conmon, config_file, tmp_path):
+    mdir = tmp_path / "metrics"
+    config(config_file, mdir, '[log]\nrate = "256k"\npolicy = "drop"\n')
+    hold = tmp_path / "hold"
+    script = f"yes {LINE} | head -c 5000000; echo bye >&2"
+    m = testbed.run(policy_conmon, ["sh", "-c", script], start=False, name="metr",
+                    exit_command=["/bin/sh", "-c", f"while [ ! -e {hold} ]; do sleep 0.05; done"])
+    attached = read_attach_in_thread(m)
+    m.start_container()
+    assert m.wait_exit_file(30) == 0
+    prom = mdir / f"{m.cid}.prom"
+    got, labels = read_metrics(prom)  # the final write comes before the exit file
+    assert labels == {(m.cid, "metr")}
+    records = m.log_records()
+    out = [r for r in records if r.stream == "stdout"]
+    marks = [int(MARKER.search(r.content).group(1)) for r in records if MARKER.search(r.content)]
+    logged = len(stream_text(records, "stdout"))
+    assert got[("pyconmon_output_bytes_total", "stdout")] == 5_000_000
+    assert got[("pyconmon_output_bytes_total", "stderr")] == 4
+    assert got[("pyconmon_log_bytes_total", "stdout")] == logged == sum(len(r.content) + (r.tag == "F") for r in out)
+    assert got[("pyconmon_log_lines_total", "stdout")] == sum(x.complete for x in join_lines(out))
+    assert got[("pyconmon_output_lines_total", "stdout")] == 5_000_000 // 100
+    assert got[("pyconmon_dropped_bytes_total", "rate_limit")] == sum(marks) == 5_000_000 - logged > 0
+    assert got[("pyconmon_rate_limit_markers_total", None)] == len(marks)
+    assert got[("pyconmon_dropped_bytes_total", "log_write")] == got[("pyconmon_log_write_errors_total", None)] == 0
+    assert got[("pyconmon_attach_clients_total", None)] == 1
+    assert got[("pyconmon_attach_clients_dropped_total", None)] == 0
+    assert got[("pyconmon_oom_kills_total", None)] == 0
+    assert 1 << 20 < got[("pyconmon_monitor_resident_memory_bytes", None)] < 200 << 20
+    assert 0 <= got[("pyconmon_monitor_cpu_seconds_total", None)] < 30  # clock ticks: 0 for a quick monitor
+    assert attached(10) == stream_text(records, "stdout")
+    hold.write_text("")  # the exit command ends, then the monitor: the file goes with it
+    poll_until(lambda: not prom.exists(), what="the metrics file to be removed")
+    assert os.listdir(mdir) == []
+
+
+def test_updated_while_running_with_rotations(testbed, policy_conmon, config_file, tmp_path):
+    mdir = tmp_path / "metrics"
+    config(config_file, mdir)
+    m = testbed.run(policy_conmon, ["sh", "-c", "seq 1 3000; echo oops >&2; exec sleep 300"], log_size_max=20000)
+    prom = mdir / f"{m.cid}.prom"
+
+    def lines():
+        return prom.exists() and read_metrics(prom)[0][("pyconmon_log_lines_total", "stdout")] == 3000
+
+    poll_until(lines, what="the metrics file to count 3000 lines")
+    got, _ = read_metrics(prom)
+    assert got[("pyconmon_log_lines_total", "stderr")] == 1
+    assert got[("pyconmon_log_bytes_total", "stdout")] == len(b"".join(b"%d\n" % n for n in range(1, 3001)))
+    assert got[("pyconmon_log_rotations_total", None)] >= 3  # ~100 kB of records through a 20 kB file
+    assert got[("pyconmon_dropped_bytes_total", "rate_limit")] == 0
+    first = os.stat(prom).st_mtime_ns
+    poll_until(lambda: os.stat(prom).st_mtime_ns != first, what="a later write")  # every interval
+    os.kill(m.container_pid, 9)
+    m.wait_exit_file(10)
+    poll_until(lambda: not prom.exists(), what="the metrics file to be removed")
+
+
+def test_podman_container_metrics(podman_clean, policy_conmon, config_file, tmp_path):
+    mdir = tmp_path / "metrics"
+    config(config_file, mdir)
+    podman = podman_clean
+    r = podman("run", "-d", "--name", "prom-1", "busybox", "sh", "-c", "seq 1 5000; exec sleep 300",
+               conmon=policy_conmon)
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    prom = mdir / f"{cid}.prom"
+    poll_until(lambda: prom.exists() and read_metrics(prom)[0][("pyconmon_log_lines_total", "stdout")] == 5000,
+               timeout=30, what="5000 lines in the metrics")
+    got, labels = read_metrics(prom)
+    assert labels == {(cid, "prom-1")}
+    log = podman.inspect(cid, "{{.HostConfig.LogConfig.Path}}")
+    with open(log, "rb") as f:
+        assert got[("pyconmon_log_bytes_total", "stdout")] == len(b"".join(b"%d\n" % n for n in range(1, 5001)))
+        assert f.read().count(b" stdout F ") == 5000
+    podman.rm(cid)
+    poll_until(lambda: not prom.exists(), timeout=30, what="the metrics file to be removed")
