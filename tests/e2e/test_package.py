@@ -12,6 +12,7 @@ there.  The containers it runs use a private Podman store.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -185,6 +186,17 @@ def _dpkg_excludes_man_pages() -> bool:
 
 
 @pytest.fixture
+def host_lock() -> Iterator[None]:
+    """Test runs on one machine (several checkouts) take turns with the host's package state."""
+    lock = os.open("/run/lock/pyconmon-package-test.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)
+
+
+@pytest.fixture
 def search_podman(rootfs):
     """A private Podman that names no monitor: Podman picks one by its search order."""
     pd = Podman(default_conmon=None).setup(rootfs=rootfs)
@@ -198,7 +210,8 @@ def podman_monitor(pd: Podman) -> str:
     return r.stdout.strip()
 
 
-def test_apt_install_makes_podman_use_it_and_remove_gives_conmon_back(search_podman: Podman, deb: Path) -> None:
+def test_apt_install_makes_podman_use_it_and_remove_gives_conmon_back(host_lock: None, search_podman: Podman,
+                                                                     deb: Path) -> None:
     pd = search_podman
     assert os.path.exists(C_CONMON), "Debian's conmon package is needed (see .ci/run)"
     assert podman_monitor(pd) == C_CONMON  # before: Debian's

@@ -28,13 +28,14 @@ def data() -> dict:
 
 def test_performance_md_is_what_the_results_and_the_code_make(data: dict) -> None:
     """Stale figures or limits fail here: re-run `make bench` (or `make bench-docs` for text changes)."""
-    assert (REPO / "docs" / "performance.md").read_text() == report.render_docs(data)
+    assert (REPO / "docs" / "performance.md").read_text() == report.render_docs(data), (
+        "docs/performance.md is stale: `make bench-docs` re-renders it (text, limits), `make bench` re-measures")
 
 
 def test_readme_table_is_what_the_results_make(data: dict) -> None:
     readme = (REPO / "README.md").read_text()
     block = report.readme_block(data)
-    assert block in readme
+    assert block in readme, "README's Performance table is stale: run `make bench-docs`"
     assert readme.count(report.README_BEGIN) == 1
 
 
