@@ -59,8 +59,9 @@ def manpage(date: str | None = None, libdir: str | None = None) -> str:
         "The monitor runs the OCI runtime, holds the container's stdio, writes the",
         "container log, serves attach, and records the exit code.",
         ".PP",
-        f"\\fBconmon \\-\\-version\\fR prints \\fBconmon version {roff(CONTRACT_VERSION)}\\fR,",
-        f"the conmon interface version it implements, then \\fBpyconmon version {roff(__version__)}\\fR.",
+        f"\\fBconmon \\-\\-version\\fR prints \\fBconmon version {roff(CONTRACT_VERSION)}\\fR",
+        "(the conmon interface it implements; Podman and CRI\\-O read that line) and, on its third line,",
+        f"\\fBpyconmon version {roff(__version__)}\\fR.",
         ".SH OPTIONS",
     ]
     for row in shown_options():

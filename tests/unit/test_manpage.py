@@ -71,7 +71,7 @@ def test_version_in_the_page_is_what_the_monitor_prints() -> None:
     version = monitor_output("--version").splitlines()
     page = generated_page().replace("\\-", "-")
     assert version[0] in page  # conmon version 2.2.1
-    assert version[2] in page  # pyconmon version X
+    assert version[2] in page and "third line" in page  # pyconmon version X
     assert f'"pyconmon {version[2].split()[-1]}"' in page  # in the .TH header too
 
 
