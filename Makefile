@@ -112,7 +112,8 @@ install-lib:
 	done
 	sed -i 's|^SYSCONFDIR = .*|SYSCONFDIR = "$(SYSCONFDIR)"  # set by make install-lib|' \
 		'$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon/config.py'
-	env -i PATH="$$PATH" PYTHONHASHSEED=0 $(PYTHON) -s -m compileall -q -j 0 \
+	@# a fixed hash seed keeps set constants in the same order (reproducible .pyc); -I would ignore it
+	env -i PATH="$$PATH" PYTHONHASHSEED=0 $(PYTHON) -s -P -m compileall -q -j 0 \
 		--invalidation-mode $(PYC_INVALIDATION) -d '$(PYCONMON_LIBDIR)/pyconmon' \
 		'$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'
 
