@@ -25,24 +25,41 @@ changes the entries.  A line starting ``<N>`` (N in 0..7) has the prefix
 removed and PRIORITY N; later pieces of that line keep N.  A partial line left
 at exit goes out marked partial by ``flush``.
 
-The socket is connected (so that poll can tell when journald's queue has room)
-and non-blocking.  journald's queue holds only ``net.unix.max_dgram_qlen``
-datagrams, so EAGAIN is routine during bursts: the writer waits for room, as
-long as journald keeps taking entries (a slow journal is like a slow disk: the
-log must not lose lines, so the container is slowed instead, as with C
-conmon).  Only when journald takes no datagram for 2 s is it taken for stuck:
-the writer then drops lines without waiting (warned once) until a send
-succeeds again or a second has passed.  A missing or refusing socket is warned about once and the
-lines dropped; each later ``write`` tries to reconnect.  Nothing raises out of
+Sending (what most of the CPU goes to: journald, not the monitor, is the
+bottleneck, so the monitor mostly waits for room).  journald's socket queue
+holds only ``net.unix.max_dgram_qlen`` (10) datagrams, so during a burst
+every send finds it full.  Like libsystemd (and so C conmon), the writer
+then blocks in ``send``, not in an EAGAIN-exception-poll-retry round per
+entry.  A sender blocked on a full *queue* is woken by every datagram
+journald takes: one sleep and wake-up per entry, which is most of C
+conmon's cost.  A sender blocked on its own *send buffer* (the bytes of its
+datagrams still in journald's queue) is woken only once that has drained
+to a quarter (the kernel's ``unix_writable``).  So small entries go on a
+socket whose SO_SNDBUF holds about eight of them: the send buffer, not the
+queue, fills first, and one wake-up lets about six entries out (a fifth of
+the wake-ups, with two or so entries still queued so journald never idles).
+Bigger entries go on a second socket with the default buffer, so the
+EMSGSIZE-to-memfd limit stays where it was.  Both sockets are connected to
+the same journald socket and written one entry at a time, so entries reach
+its queue in order.
+
+A slow journal is like a slow disk: the log must not lose lines, so the
+container is slowed instead, as with C conmon.  Sends wait at most WAIT_MS
+(SO_SNDTIMEO).  A send that waited that long is tried once more without
+waiting (journald may have taken a few entries, not enough to wake it);
+failing that, journald is taken for stuck: the writer drops lines without
+waiting (warned once) until a send succeeds again or CONGESTED_S has
+passed.  A missing or refusing socket is warned about once and the lines
+dropped; each later ``write`` tries to reconnect.  Nothing raises out of
 ``write``.
 """
 
 from __future__ import annotations
 
 import _socket
+import _struct
 import errno
 import os
-import select
 import sys
 import time
 
@@ -52,6 +69,8 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 LINE_BUF = 8192  # the per-stream buffer: a MESSAGE is at most this many bytes
 WAIT_MS = 2000  # journald taking nothing for this long is stuck, not busy
 CONGESTED_S = 1.0  # how long to drop without waiting after a wait timed out
+SMALL_SNDBUF = 4096  # asked for the small-entry socket; Linux doubles it (8 KiB)
+SMALL_SHARE = 8  # entries up to SO_SNDBUF / 8 bytes count as small (~8 fit)
 
 STDOUT, STDERR = 2, 3
 
@@ -60,6 +79,10 @@ _PARTIAL = b"CONTAINER_PARTIAL_MESSAGE=true\n"
 _GONE = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.ECONNRESET,
                    errno.EPIPE, errno.EDESTADDRREQ))
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_SNDTIMEO = _struct.pack("@ll", WAIT_MS // 1000, WAIT_MS % 1000 * 1000)  # struct timeval
+# How _send_slowly tries an entry: wait for room, look once more after a wait,
+# try without waiting while journald is taken for stuck, pass it in a memfd.
+_WAIT, _RECHECK, _DROPPING, _MEMFD = range(4)
 
 KEY_SOCKET = "journald-socket"
 KEY_FULL = "journald-full"
@@ -129,8 +152,9 @@ class JournaldWriter:
         self._cont = [False, False]
         self._default_prio = (6, stderr_priority)  # stdout, stderr (pyconmon.toml journald.stderr_priority)
         self._prio = list(self._default_prio)
-        self._sock: _socket.socket | None = None
-        self._poll: select.poll | None = None
+        self._sock: _socket.socket | None = None  # small entries (connected: None until then)
+        self._big: _socket.socket | None = None  # bigger ones, opened when the first comes
+        self._small_max = 0
         self._congested_until = 0.0
         self._troubled: set[str] = set()
 
@@ -221,7 +245,6 @@ class JournaldWriter:
         self.flush()
         self._drop_socket()
 
-    # -- the socket ------------------------------------------------------
 
     def _warn(self, key: str, text: str) -> None:
         self._troubled.add(key)
@@ -236,74 +259,119 @@ class JournaldWriter:
         self._congested_until = 0.0
 
     def _drop_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            self._poll = None
+        for sock in (self._sock, self._big):
+            if sock is not None:
+                sock.close()
+        self._sock = self._big = None
+
+    def _open(self, sndbuf: int) -> _socket.socket:
+        """A blocking socket to journald whose sends wait at most WAIT_MS; raises OSError."""
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+        try:
+            if sndbuf:
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, sndbuf)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _SNDTIMEO)
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def _connect(self) -> _socket.socket | None:
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK)
+        """The socket for small entries, or None (warned) when journald is not there."""
         try:
-            sock.connect(self.socket_path)
+            sock = self._open(SMALL_SNDBUF)
         except OSError as e:
-            sock.close()
             self._warn(KEY_SOCKET, f"journald: cannot connect to {self.socket_path}: {e.strerror}; "
                                    "dropping log lines")
             return None
         self._sock = sock
-        self._poll = select.poll()
-        self._poll.register(sock.fileno(), select.POLLOUT)
+        self._small_max = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) // SMALL_SHARE
         return sock
 
+    def _socket_for(self, payload: bytes) -> _socket.socket:
+        """Small entries go on the small socket, bigger ones on another with the default buffer."""
+        if len(payload) <= self._small_max:
+            assert self._sock is not None
+            return self._sock
+        if self._big is None:
+            self._big = self._open(0)
+        return self._big
+
     def _send(self, payloads: list[bytes]) -> None:
-        """Send entries; never raises, never waits more than WAIT_MS at a time."""
+        """Send entries in order, one datagram each; never raises.
+
+        The fast path: one blocking ``send`` per entry, nothing else.  The
+        first failure, and everything while something is wrong, goes entry
+        by entry through ``_send_slowly``.
+        """
         if not payloads:
             return
-        sock = self._sock or self._connect()
-        if sock is None:
+        sock = self._sock
+        if sock is None or self._troubled:
+            self._send_slowly(payloads, 0, None)
             return
+        send = sock.send
+        small = self._small_max
+        done = 0
+        try:
+            for payload in payloads:
+                if len(payload) <= small:
+                    send(payload)
+                else:
+                    self._socket_for(payload).send(payload)
+                done += 1
+        except OSError as e:
+            self._send_slowly(payloads, done, e)
+
+    def _send_slowly(self, payloads: list[bytes], start: int, error: OSError | None) -> None:
+        """Entries from ``start`` on, one at a time; ``error``: how the first one failed (after a wait)."""
         reconnected = False
-        for payload in payloads:
-            memfd = False
+        for index in range(start, len(payloads)):
+            payload = payloads[index]
+            how = _WAIT
             while True:
-                try:
-                    if memfd:
-                        self._send_memfd(sock, payload)
+                if error is None:
+                    if self._sock is None and self._connect() is None:
+                        return
+                    if how == _WAIT and self._congested_until and time.monotonic() < self._congested_until:
+                        how = _DROPPING
+                    try:
+                        sock = self._socket_for(payload)
+                        if how == _MEMFD:
+                            self._send_memfd(sock, payload)
+                        else:
+                            sock.send(payload, 0 if how == _WAIT else _socket.MSG_DONTWAIT)
+                    except OSError as e:
+                        error = e
                     else:
-                        sock.send(payload)
-                except OSError as e:
-                    code = e.errno
-                    if code == errno.EAGAIN:
-                        if time.monotonic() >= self._congested_until and self._wait():
-                            continue
+                        if self._troubled:
+                            self._recovered()
+                        break
+                code, reason, error = error.errno, error.strerror, None
+                if code == errno.EAGAIN:
+                    if how == _WAIT:
+                        # The send waited WAIT_MS for room.  journald may have taken a few
+                        # entries without making enough room to wake it: look once more.
+                        how = _RECHECK
+                        continue
+                    if how != _DROPPING:
                         self._congested_until = time.monotonic() + CONGESTED_S
                         self._warn(KEY_FULL, "journald: not accepting entries; dropping log lines")
-                        break
-                    if code in (errno.EMSGSIZE, errno.ENOBUFS) and not memfd:
-                        memfd = True
-                        continue
-                    if code in _GONE:
-                        self._drop_socket()
-                        if reconnected:
-                            self._warn(KEY_SOCKET, f"journald: {self.socket_path} refuses entries: {e.strerror}; "
-                                                   "dropping log lines")
-                            return
-                        reconnected = True
-                        new = self._connect()
-                        if new is None:
-                            return
-                        sock = new
-                        continue
-                    self._warn(KEY_SEND, f"journald: cannot send an entry: {e.strerror}; dropping it")
                     break
-                else:
-                    if self._troubled:
-                        self._recovered()
-                    break
-
-    def _wait(self) -> bool:
-        """Wait up to WAIT_MS for room in journald's queue."""
-        return self._poll is not None and bool(self._poll.poll(WAIT_MS))
+                if code in (errno.EMSGSIZE, errno.ENOBUFS) and how != _MEMFD:
+                    how = _MEMFD
+                    continue
+                if code in _GONE:
+                    self._drop_socket()
+                    if reconnected:
+                        self._warn(KEY_SOCKET, f"journald: {self.socket_path} refuses entries: "
+                                               f"{reason}; dropping log lines")
+                        return
+                    reconnected = True
+                    continue
+                self._warn(KEY_SEND, f"journald: cannot send an entry: {reason}; dropping it")
+                break
 
     @staticmethod
     def _send_memfd(sock: _socket.socket, payload: bytes) -> None:
