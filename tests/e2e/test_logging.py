@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +40,14 @@ from support.harness import (
     read_k8s_log,
     write_ctl,
 )
-from support.journald_service import journal_entries, read_entries
+from support.journald_service import (
+    SOCKET,
+    journal_entries,
+    read_entries,
+    send_native,
+    start_private_journald,
+    stop_private_journald,
+)
 
 MiB = 1 << 20
 LINE_BUF = 8192  # journald per-stream buffer (CONTRACT 5)
@@ -107,8 +115,11 @@ def runc_kill(cid, sig="KILL"):
 # a private mount namespace: a test /dev/log, a missing journal socket
 
 
-def ns_wrapper(directory, monitor, dev_log=None, journal_socket=None):
+def ns_wrapper(directory, monitor, dev_log=None, journal_socket=None, journald=None):
     """An executable that runs ``monitor`` (same pid, via exec) in a private mount namespace.
+
+    ``journald``: a PrivateJournald whose namespace the new one is made from
+    (``nsenter`` first), so the monitor's journal socket is that daemon's.
 
     ``dev_log``: make ``/dev/log`` a symlink to this socket path (an overlay
     on /dev, upper layer on a private tmpfs). ``journal_socket``: mount an
@@ -131,10 +142,11 @@ def ns_wrapper(directory, monitor, dev_log=None, journal_socket=None):
         steps.append(f"{shlex.quote(sys.executable)} -c {shlex.quote(bind)}")
     steps.append('exec "$@"')
     path = os.path.join(directory, "ns-" + os.path.basename(monitor))
+    enter = f"nsenter --mount --target {journald.pid} " if journald is not None else ""
     with open(path, "w") as f:
         f.write("#!/bin/sh\n"
                 "# test wrapper: the monitor in a private mount namespace (tests/e2e/test_logging.py)\n"
-                f"exec unshare --mount --propagation private /bin/sh -c {shlex.quote('; '.join(steps))} "
+                f"exec {enter}unshare --mount --propagation private /bin/sh -c {shlex.quote('; '.join(steps))} "
                 f"sh {shlex.quote(monitor)} \"$@\"\n")
     os.chmod(path, 0o755)
     return path
@@ -333,6 +345,98 @@ def test_journal_socket_trouble_keeps_container_and_k8s_going(testbed, monitor_b
     else:
         assert len(warnings) == 1, warnings  # said once, not once per line
         assert warnings[0][:2] == (4, "nwarn") and "journal" in warnings[0][3].lower()
+
+
+# --------------------------------------------------------------------------
+# journald floods (issue 13): every entry exactly once, in order per stream,
+# with every field, also when journald stops taking entries for a while
+
+FLOOD_NAME = "flood-1"
+FLOODS = {  # workload: (script, stdout lines, stderr lines)
+    "seq": ("seq 20000", [b"%d" % i for i in range(1, 20001)], []),
+    "100b": (shlex.join(numbered(10000)), [numbered_line(i) for i in range(1, 10001)], []),
+    "both-streams": ("seq 10000 >&2 & seq 10001 20000; wait",
+                     [b"%d" % i for i in range(10001, 20001)], [b"%d" % i for i in range(1, 10001)]),
+}
+
+
+def journal_streams(cid, name, directory=None, socket_path=SOCKET):
+    """(stdout lines, stderr lines) of ``cid``'s entries, each entry checked for every field.
+
+    Called after the exit file: the monitor has sent everything, so once an
+    entry sent now is stored, so are all of the container's (journald takes
+    its socket queue in order).
+    """
+    token = new_cid()
+    send_native({"MESSAGE": "pyconmon test barrier", "PYCONMON_BARRIER": token}, socket_path)
+    journal_entries({"PYCONMON_BARRIER": token}, timeout=60, directory=directory)
+    streams = {b"6": [], b"3": []}
+    for e in read_entries({"CONTAINER_ID_FULL": cid}, directory):
+        assert (e["CONTAINER_ID"], e["CONTAINER_NAME"], e["SYSLOG_IDENTIFIER"]) == (
+            cid[:12].encode(), name.encode(), name.encode()), e
+        assert e["_TRANSPORT"] == b"journal" and "CONTAINER_PARTIAL_MESSAGE" not in e, e
+        assert e["MESSAGE"].endswith(b"\n"), e
+        streams[e["PRIORITY"]].append(e["MESSAGE"][:-1])
+    return streams[b"6"], streams[b"3"]
+
+
+@pytest.mark.parametrize("workload", FLOODS)
+def test_journald_flood_arrives_exactly_once_in_order(testbed, monitor_bin, journal, workload):
+    script, out, err = FLOODS[workload]
+    m = run_podman(testbed, monitor_bin, ["sh", "-c", script], ["journald"], name=FLOOD_NAME)
+    assert m.wait_exit_file(60) == 0, m.describe()
+    got_out, got_err = journal_streams(m.cid, FLOOD_NAME)
+    assert (len(got_out), len(got_err)) == (len(out), len(err))
+    assert got_out == out
+    assert got_err == err
+
+
+@pytest.fixture
+def private_journal(testbed, journal):
+    """A journald of this test's own (the shared one must not be stopped under other tests)."""
+    j = start_private_journald(testbed.workdir("journald"))
+    yield j
+    stop_private_journald(j)
+
+
+@pytest.mark.parametrize("stop_s", [1.0, 3.5], ids=["within-the-2s-bound", "past-the-2s-bound"])
+def test_journald_stopped_for_a_while(testbed, monitor_bin, private_journal, syslog, stop_s):
+    """journald SIGSTOPped while the container floods, then continued.
+
+    Within the 2 s bound nothing is lost and nothing is said.  Past it
+    pyconmon says so once and drops lines for a while (C conmon waits for
+    ever); what arrives is still in order, each line once, and a line
+    written after journald is back arrives.
+    """
+    j = private_journal
+    wrap = ns_wrapper(testbed.workdir("ns"), monitor_bin, dev_log=syslog.path, journald=j)
+    n = 30000  # 3 MB: more than the pipe holds, so the container is held up while journald is stopped
+    script = f"trap 'echo last; exit 0' USR1; {shlex.join(numbered(n))}; while :; do sleep 0.05; done"
+    m = run_podman(testbed, wrap, ["sh", "-c", script], ["journald"], ["--syslog"], name=FLOOD_NAME, start=False)
+    os.kill(j.pid, signal.SIGSTOP)
+    try:
+        m.start_container()
+        time.sleep(stop_s)  # the stimulus: how long journald takes nothing
+        assert not os.path.exists(m.exit_file)
+        said_while_stopped = len([x for x in syslog.drain() if x[1] != "ndebug"])
+    finally:
+        os.kill(j.pid, signal.SIGCONT)
+    runc_kill(m.cid, "USR1")  # the trap runs once the flood is written: "last" comes after it
+    assert m.wait_exit_file(120) == 0, m.describe()
+    got, err = journal_streams(m.cid, FLOOD_NAME, j.directory, j.socket_path)
+    assert err == [] and got[-1:] == [b"last"], got[-3:]
+    got = got[:-1]
+    warnings = [x for x in syslog.drain() if x[1] != "ndebug"]  # all of them, from the start
+    if stop_s < 2 or is_c(monitor_bin):
+        assert len(got) == n and check_numbered(got) == (1, n)
+        assert warnings == []
+        return
+    numbers = [int(x[:8]) for x in got]
+    assert got == [numbered_line(i) for i in numbers]  # whole lines
+    assert numbers == sorted(set(numbers))  # in order, none twice
+    assert numbers[:1] == [1] and len(numbers) < n, len(numbers)  # queued before the stop; then some dropped
+    assert len(warnings) == said_while_stopped == 1, warnings  # said while journald was stopped, only once
+    assert warnings[0][:2] == (4, "nwarn") and "not accepting" in warnings[0][3], warnings
 
 
 # --------------------------------------------------------------------------

@@ -27,6 +27,13 @@ stores entries under ``/run/log/journal/<machine-id>/``, where a plain
   other than newline and tab) come out as arrays of byte values and a field
   given several times as an array of values.
 
+``start_private_journald()`` runs a second daemon of a test's own in a private
+mount namespace (tmpfs over /run/systemd and /run/log/journal, the drop-in
+inside it), for tests that stop it with SIGSTOP: the shared one must keep
+serving other tests.  Monitors reach it by entering that namespace
+(``nsenter -m -t PID``); the test itself reaches its socket and journal
+files through ``/proc/PID/root`` and ``journalctl -D``.
+
 ``ensure_journald()`` is idempotent: a daemon already answering on the socket
 (ours from an earlier run, or the host's) is reused.  It is left running when
 the tests end; ``stop_journald`` ends it only if this process started it.
@@ -176,6 +183,74 @@ def stop_journald(service: JournaldService) -> None:
             _started = None
 
 
+@dataclass
+class PrivateJournald:
+    pid: int
+    socket_path: str  # reachable from the host, through /proc/PID/root
+    directory: str  # its journal files, for journalctl -D
+
+
+PRIVATE_SCRIPT = """set -e
+mount -t tmpfs -o mode=0755 tmpfs /run/systemd
+mkdir -p /run/systemd/journal /run/systemd/journald.conf.d
+cp "$2" /run/systemd/journald.conf.d/zz-pyconmon-tests.conf
+mount -t tmpfs -o mode=0755 tmpfs /run/log/journal
+exec "$1"
+"""
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def start_private_journald(workdir: str, timeout: float = 15.0) -> PrivateJournald:
+    """A journald of the caller's own in a private mount namespace (end it with stop_private_journald)."""
+    binary = find_journald()
+    if binary is None:
+        raise RuntimeError("systemd-journald not installed")
+    for d in DIRS:
+        os.makedirs(d, exist_ok=True)  # mount points
+    conf = os.path.join(workdir, "journald.conf")
+    with open(conf, "w") as f:
+        f.write(CONFIG)
+    with open(os.path.join(workdir, "journald.log"), "ab") as log:
+        # unshare and sh exec: the daemon keeps this pid
+        p = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", PRIVATE_SCRIPT,
+                              "sh", binary, conf], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                             start_new_session=True)
+    root = f"/proc/{p.pid}/root"
+    j = PrivateJournald(p.pid, root + SOCKET, root + "/run/log/journal")
+    deadline = time.monotonic() + timeout
+    # Until the exec, /proc/PID/root still shows the host's mounts (and journald).
+    while not (_comm(p.pid) == "systemd-journal" and _answers(j.socket_path)):
+        if time.monotonic() > deadline or p.poll() is not None:
+            stop_private_journald(j)
+            raise RuntimeError(f"private systemd-journald did not come up; see {workdir}/journald.log")
+        time.sleep(0.01)
+    token = uuid.uuid4().hex
+    send_native({"MESSAGE": "pyconmon test journald probe", "PYCONMON_PROBE": token}, j.socket_path)
+    journal_entries({"PYCONMON_PROBE": token}, timeout=max(0.1, deadline - time.monotonic()), directory=j.directory)
+    return j
+
+
+def stop_private_journald(j: PrivateJournald) -> None:
+    """End it (continued first, in case a test left it stopped) and reap it."""
+    for sig in (18, 15):  # SIGCONT, SIGTERM
+        try:
+            os.kill(j.pid, sig)
+        except ProcessLookupError:
+            return
+    try:
+        os.waitpid(j.pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def _value(v: object) -> bytes | list[bytes] | None:
     if v is None:
         return None
@@ -192,9 +267,11 @@ def _value(v: object) -> bytes | list[bytes] | None:
     return out
 
 
-def read_entries(match: dict[str, str]) -> list[Entry]:
-    """Every stored entry with all of ``match``'s fields, oldest first."""
+def read_entries(match: dict[str, str], directory: str | None = None) -> list[Entry]:
+    """Every stored entry with all of ``match``'s fields, oldest first (``directory``: journalctl -D)."""
     args = ["journalctl", "-o", "json", "--all", "--no-pager", "-q"]
+    if directory is not None:
+        args += ["-D", directory]
     args += [f"{k}={v}" for k, v in match.items()]
     out = subprocess.run(args, check=True, capture_output=True, timeout=30).stdout
     entries = []
@@ -205,7 +282,7 @@ def read_entries(match: dict[str, str]) -> list[Entry]:
 
 
 def journal_entries(match: dict[str, str], timeout: float = 10.0, count: int = 1,
-                    until: Callable[[list[Entry]], bool] | None = None) -> list[Entry]:
+                    until: Callable[[list[Entry]], bool] | None = None, directory: str | None = None) -> list[Entry]:
     """Poll journalctl until ``count`` entries match (or ``until`` says done).
 
     Raises TimeoutError, showing what was found, once ``timeout`` has passed.
@@ -213,7 +290,7 @@ def journal_entries(match: dict[str, str], timeout: float = 10.0, count: int = 1
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
-        entries = read_entries(match)
+        entries = read_entries(match, directory)
         if until(entries) if until is not None else len(entries) >= count:
             return entries
         left = deadline - time.monotonic()
