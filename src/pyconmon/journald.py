@@ -45,11 +45,11 @@ its queue in order.
 
 A slow journal is like a slow disk: the log must not lose lines, so the
 container is slowed instead, as with C conmon.  Sends wait at most WAIT_MS
-(SO_SNDTIMEO).  A send that waited that long is tried once more without
-waiting (journald may have taken a few entries, not enough to wake it);
-failing that, journald is taken for stuck: the writer drops lines without
-waiting (warned once) until a send succeeds again or CONGESTED_S has
-passed.  A missing or refusing socket is warned about once and the lines
+(SO_SNDTIMEO).  When that time is up the kernel looks once more, so a send
+fails (EAGAIN) only if journald took none of the writer's entries in the
+meantime (some, too few to wake it, are enough).  journald is then taken
+for stuck: the writer drops lines without waiting (warned once) until a
+send succeeds again or CONGESTED_S has passed.  A missing or refusing socket is warned about once and the lines
 dropped; each later ``write`` tries to reconnect.  Nothing raises out of
 ``write``.
 """
@@ -79,10 +79,9 @@ _PARTIAL = b"CONTAINER_PARTIAL_MESSAGE=true\n"
 _GONE = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.ECONNRESET,
                    errno.EPIPE, errno.EDESTADDRREQ))
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-_SNDTIMEO = _struct.pack("@ll", WAIT_MS // 1000, WAIT_MS % 1000 * 1000)  # struct timeval
-# How _send_slowly tries an entry: wait for room, look once more after a wait,
-# try without waiting while journald is taken for stuck, pass it in a memfd.
-_WAIT, _RECHECK, _DROPPING, _MEMFD = range(4)
+# How _send_slowly tries an entry: wait for room (at most WAIT_MS), try
+# without waiting while journald is taken for stuck, pass it in a memfd.
+_WAIT, _DROPPING, _MEMFD = range(3)
 
 KEY_SOCKET = "journald-socket"
 KEY_FULL = "journald-full"
@@ -245,6 +244,7 @@ class JournaldWriter:
         self.flush()
         self._drop_socket()
 
+    # -- the socket ------------------------------------------------------
 
     def _warn(self, key: str, text: str) -> None:
         self._troubled.add(key)
@@ -270,7 +270,8 @@ class JournaldWriter:
         try:
             if sndbuf:
                 sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, sndbuf)
-            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _SNDTIMEO)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO,  # a struct timeval
+                            _struct.pack("@ll", WAIT_MS // 1000, WAIT_MS % 1000 * 1000))
             sock.connect(self.socket_path)
         except OSError:
             sock.close()
@@ -350,11 +351,6 @@ class JournaldWriter:
                         break
                 code, reason, error = error.errno, error.strerror, None
                 if code == errno.EAGAIN:
-                    if how == _WAIT:
-                        # The send waited WAIT_MS for room.  journald may have taken a few
-                        # entries without making enough room to wake it: look once more.
-                        how = _RECHECK
-                        continue
                     if how != _DROPPING:
                         self._congested_until = time.monotonic() + CONGESTED_S
                         self._warn(KEY_FULL, "journald: not accepting entries; dropping log lines")
