@@ -35,9 +35,11 @@ journald takes: one sleep and wake-up per entry, which is most of C
 conmon's cost.  A sender blocked on its own *send buffer* (the bytes of its
 datagrams still in journald's queue) is woken only once that has drained
 to a quarter (the kernel's ``unix_writable``).  So small entries go on a
-socket whose SO_SNDBUF holds about eight of them: the send buffer, not the
-queue, fills first, and one wake-up lets about six entries out (a fifth of
-the wake-ups, with two or so entries still queued so journald never idles).
+socket whose SO_SNDBUF (8 KiB) holds seven to eleven of them: the send
+buffer, not the queue, fills first, and one wake-up lets several entries
+out while a few are still queued for journald (measured sending 200,000
+short lines: about 22,000 voluntary context switches instead of 105,000,
+and less than half the CPU).
 Bigger entries go on a second socket with the default buffer, so the
 EMSGSIZE-to-memfd limit stays where it was.  Both sockets are connected to
 the same journald socket and written one entry at a time, so entries reach
