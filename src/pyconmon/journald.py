@@ -51,9 +51,9 @@ container is slowed instead, as with C conmon.  Sends wait at most WAIT_MS
 fails (EAGAIN) only if journald took none of the writer's entries in the
 meantime (some, too few to wake it, are enough).  journald is then taken
 for stuck: the writer drops lines without waiting (warned once) until a
-send succeeds again or CONGESTED_S has passed.  A missing or refusing socket is warned about once and the lines
-dropped; each later ``write`` tries to reconnect.  Nothing raises out of
-``write``.
+send succeeds again or CONGESTED_S has passed.  A missing or refusing
+socket is warned about once and the lines dropped; each later ``write``
+tries to reconnect.  Nothing raises out of ``write``.
 """
 
 from __future__ import annotations
