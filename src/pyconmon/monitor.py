@@ -289,6 +289,12 @@ class Monitor:
         except OSError:
             pass
         self.runtime_pid = self._spawn_runtime(argv)
+        if self.passthrough:
+            # As conmon: only the runtime (and so the container) keeps the caller's stdio. The
+            # monitor lets go of it now, so the exit command (`podman container cleanup`, which
+            # prints the container id) never writes into the caller's output.
+            redirect_stdio_to_devnull()
+            self.diag.use_stderr = False
         if self.stdio is not None:
             self.stdio.close_child_ends()
         if self.start_fd is not None:

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from support.harness import poll_until, wait_pid_gone
+from support.harness import poll_until, proc_cmdline, wait_pid_gone
 from support.podman import SLOW, exit_code, run_d
 
 
@@ -147,6 +147,28 @@ def test_run_rm_and_detached_rm(podman_clean, installed_conmon):
     poll_until(lambda: cid not in podman.ids(), SLOW, interval=0.1, what="run -d --rm container to go")
     wait_pid_gone(monitor, 10)
     assert set(podman.ids()) == before
+
+
+def _processes_naming(cid):
+    """Pids whose command line has ``cid`` as an argument (the monitor, the exit command)."""
+    return [p for p in os.listdir("/proc") if p.isdigit() and cid.encode() in proc_cmdline(p).split(b"\0")]
+
+
+def test_run_passthrough_stdout_is_the_containers_alone(podman_clean, any_monitor, tmp_path):
+    """``--log-driver passthrough``: the caller's stdout holds what the container wrote and nothing else.
+    The exit command (``podman container cleanup``, which prints the id) must not inherit it: C conmon
+    gives up its stdio once the runtime has it. Read after the monitor and exit command are gone."""
+    podman = podman_clean
+    out, err, cidfile = tmp_path / "out", tmp_path / "err", tmp_path / "cid"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        p = podman.popen("run", "--cidfile", cidfile, "--log-driver", "passthrough", podman.image,
+                         "sh", "-c", "echo hi", conmon=any_monitor, stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+        assert p.wait(SLOW) == 0, err.read_text()
+    cid = cidfile.read_text().strip()
+    assert len(cid) == 64, cid
+    assert exit_code(podman, cid) == "exited 0"
+    poll_until(lambda: not _processes_naming(cid), SLOW, interval=0.1, what="monitor and exit command to end")
+    assert (out.read_text(), err.read_text()) == ("hi\n", "")
 
 
 def test_run_interactive_piped_stdin(podman_clean, py_monitor):
