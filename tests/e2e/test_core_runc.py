@@ -176,15 +176,71 @@ def test_timeout(testbed, monitor_bin, form):
     m = testbed.run(monitor_bin, ["sleep", "100"], **kw)
     assert m.wait_exit_file(15) == -1, m.describe()
     elapsed = time.monotonic() - t0
-    # C conmon's g_timeout_add_seconds() fires on GLib's whole-second grid: up to a second early.
+    # C conmon's g_timeout_add_seconds() fires on GLib's whole-second grid (see the next test).
     assert (0.95 if monitor_bin == LAUNCHER else 0.0) <= elapsed < 10, elapsed
     with open(m.exit_file, "rb") as f:
         assert f.read() == b"-1"
-    # (C conmon writes the exit file right after kill(), before the process is gone)
+    # (C conmon writes the exit file right after kill(), before the process is gone: tested below)
     poll_until(lambda: not pid_alive(m.container_pid), timeout=5, what="container killed")
     state = container_state(m.cid)
     assert state is None or state["status"] == "stopped", state
     m.wait(10)
+
+
+def test_timeout_counts_from_the_pid_report(testbed, monitor_bin):
+    """``--timeout 1`` started at ten phases of the wall-clock second: the exit file (its mtime)
+    comes 1 s after the monitor reported the container's pid (0.05 s allowed for reading the
+    report, since the timer starts just before it is sent).
+
+    [conmon] C conmon 2.1.6 arms the timer right after the pid report, but as a GLib whole-second
+    timer, whose deadline is moved to a second boundary (up to 0.25 s earlier or 0.75 s later):
+    at some phase it fires early."""
+    after = []
+    for phase in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        now = time.time()
+        time.sleep((phase - now % 1.0) % 1.0)  # spawn at this phase of the second (nothing to poll)
+        m = testbed.run(monitor_bin, ["sleep", "100"], timeout=1, start=False)
+        reported = time.time()  # the pid is on the sync pipe
+        assert m.container_pid, m.describe()
+        m.start_container()
+        assert m.wait_exit_file(15) == -1, m.describe()
+        after.append(os.stat(m.exit_file).st_mtime_ns / 1e9 - reported)
+    if monitor_bin == LAUNCHER:
+        assert all(0.95 <= t < 1.5 for t in after), after
+    else:
+        assert min(after) < 0.9, after
+
+
+def test_timeout_exit_file_only_after_the_process_is_gone(testbed, monitor_bin):
+    """``--timeout 1`` on a frozen container (``runc pause``: the SIGKILL stays pending until it
+    thaws).  pyconmon writes the exit file once the process is reaped: none while it is frozen,
+    ``-1`` after ``runc resume``.  [conmon] C conmon 2.1.6 writes it right after kill(), while the
+    process still exists."""
+    m = testbed.run(monitor_bin, ["sleep", "100"], timeout=1)
+    assert m.container_pid, m.describe()
+    subprocess.run([RUNC, "pause", m.cid], check=True, capture_output=True, timeout=30)
+    try:
+        poll_until(lambda: pending_signals(m.container_pid) & (1 << (signal.SIGKILL - 1)), 10,
+                   what="the monitor's SIGKILL, pending in the frozen process")
+        if monitor_bin == LAUNCHER:
+            with pytest.raises(TimeoutError):
+                m.wait_exit_file(2)
+        else:
+            assert m.wait_exit_file(5) == -1
+            assert os.path.exists(f"/proc/{m.container_pid}")  # frozen, not reaped
+    finally:
+        subprocess.run([RUNC, "resume", m.cid], capture_output=True, timeout=30)
+    assert m.wait_exit_file(10) == -1
+    poll_until(lambda: not pid_alive(m.container_pid), 5, what="container gone")
+
+
+def pending_signals(pid):
+    """Process-wide pending signals of ``pid`` (ShdPnd in /proc/PID/status) as a bit mask."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("ShdPnd:"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no ShdPnd for {pid}")
 
 
 # --------------------------------------------------------------------------
