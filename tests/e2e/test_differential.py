@@ -16,6 +16,7 @@ scheduler, are compared with join_lines() instead.
 import json
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -259,3 +260,41 @@ def test_timestamps_are_local_with_offset(testbed):
         offsets[name] = re.search(r"[+-]\d\d:\d\d$", recs[0].timestamp).group(0)
     assert offsets["conmon"] == "+05:30"
     assert offsets["pyconmon"] == offsets["conmon"]
+
+
+# --------------------------------------------------------------------------
+# diagnostics: which stream, which prefix
+
+
+DIAGNOSTICS = {  # id: (extra args, text)
+    "unknown-option": (["--bogus"], "option parsing failed: Unknown option --bogus"),
+    "bad-driver": (["-l", "bogus:/x"], "No such log driver bogus"),
+    "exit-delay": (["--exit-delay", "-1"], "Delay before invoking exit command must be greater than or equal to 0"),
+}
+
+
+def test_diagnostics_streams_and_prefixes(tmp_path):
+    """pyconmon: every message on stderr, ``[conmon:e]: `` (or ``conmon: `` for option parsing).
+    C conmon 2.1.6: option-parsing errors on stdout, the others on stderr, some of them without the
+    colon (``[conmon:e] Delay ...``); 2.1.6 has no ``--log-rotate`` (nor ``--log-max-files``)."""
+    base = ["-c", "c" * 64, "-u", "c" * 64, "-r", "/bin/true", "-l", f"k8s-file:{tmp_path}/log"]
+
+    def run(monitor, extra):
+        r = subprocess.run([monitor, *base, *extra], capture_output=True, timeout=30, cwd=tmp_path,
+                           stdin=subprocess.DEVNULL, check=False)
+        assert r.returncode == 1, r
+        return r.stdout.decode(), r.stderr.decode()
+
+    seen = {name: {case: run(path, extra) for case, (extra, _) in DIAGNOSTICS.items()}
+            for name, path in MONITORS.items()}
+    want_py = {case: ("", f"conmon: {text}\n" if "option" in text else f"[conmon:e]: {text}\n")
+               for case, (_, text) in DIAGNOSTICS.items()}
+    assert seen["pyconmon"] == want_py
+    texts = {case: text for case, (_, text) in DIAGNOSTICS.items()}
+    assert seen["conmon"] == {
+        "unknown-option": (f"conmon: {texts['unknown-option']}\n", ""),
+        "bad-driver": ("", f"[conmon:e]: {texts['bad-driver']}\n"),
+        "exit-delay": ("", f"[conmon:e] {texts['exit-delay']}\n"),
+    }
+    for option in ("--log-rotate", "--log-max-files=1"):
+        assert run(C_CONMON, [option]) == (f"conmon: option parsing failed: Unknown option {option}\n", "")

@@ -347,6 +347,33 @@ def test_journal_socket_trouble_keeps_container_and_k8s_going(testbed, monitor_b
         assert warnings[0][:2] == (4, "nwarn") and "journal" in warnings[0][3].lower()
 
 
+def test_full_syslog_stalls_nothing(testbed, monitor_bin, syslog):
+    """A syslog daemon that never reads (its /dev/log queue fills up) while the journal socket
+    refuses every write (a warning per write for C conmon): pyconmon's syslog writes don't block,
+    the container finishes and k8s-file gets everything.
+
+    [conmon] C conmon 2.1.6's syslog(3) blocks on the full queue: the container finishes, but its
+    output is not all logged and no exit file comes until the syslog socket is read again."""
+    wrap = ns_wrapper(testbed.workdir("ns"), monitor_bin, dev_log=syslog.path, journal_socket="refusing")
+    log = os.path.join(testbed.workdir("logs"), "ctr.log")
+    n = 300  # each line its own read: a journald write, and a warning or two from C conmon, per line
+    script = f"i=0; while [ $i -lt {n} ]; do echo out$i; usleep 2000; i=$((i+1)); done"
+    m = run_podman(testbed, wrap, ["sh", "-c", script], ["journald", f"k8s-file:{log}"], ["--syslog"])
+    assert m.container_pid, m.describe()
+    if is_c(monitor_bin):
+        poll_until(lambda: container_state(m.cid)["status"] == "stopped", 20, what="the container to finish")
+        with pytest.raises(TimeoutError):  # it finished, but its monitor is stuck in syslog(3)
+            m.wait_exit_file(5)
+        logged = len(join_lines(read_k8s_log(log)))
+        assert logged < n, "C conmon logged everything: it did not block"
+        # read the syslog socket again: it goes on
+        poll_until(lambda: syslog.drain() is not None and os.path.exists(m.exit_file), 60, what="exit file")
+    assert m.wait_exit_file(15) == 0
+    lines = join_lines(read_k8s_log(log))
+    assert [x.content for x in lines] == [b"out%d" % i for i in range(n)]
+    m.wait(10)
+
+
 # --------------------------------------------------------------------------
 # journald floods (issue 13): every entry exactly once, in order per stream,
 # with every field, also when journald stops taking entries for a while
@@ -607,10 +634,21 @@ def _refusal_case(base, case):
 
 @pytest.mark.parametrize("case", ["outside-allowlist", "symlink", "world-writable", "other-owner"])
 def test_unsafe_log_path_is_refused_before_the_container(testbed, monitor_bin, case):
-    skip_c(monitor_bin, "no --log-allowlist-dir; follows symlinks and trusts any directory")
+    """pyconmon refuses the log path before anything starts.  [conmon] C conmon 2.1.6 (no
+    --log-allowlist-dir) follows the symlink and logs into any directory."""
+    if case == "outside-allowlist":
+        skip_c(monitor_bin, "no --log-allowlist-dir")
     base = testbed.workdir("safety")
     log, extra, why = _refusal_case(base, case)
     m = run_podman(testbed, monitor_bin, ["echo", "hi"], [f"k8s-file:{log}"], extra, start=False)
+    if is_c(monitor_bin):
+        assert m.container_pid, m.describe()
+        m.start_container()
+        assert m.wait_exit_file() == 0
+        target = os.path.join(os.path.dirname(log), "target") if case == "symlink" else log
+        assert os.path.islink(log) is (case == "symlink")
+        assert [x.content for x in join_lines(read_k8s_log(target))] == [b"hi"]
+        return
     assert m.first_status == 1, m.describe()
     assert m.wait_stdio_eof(5)
     err = m.stderr.decode()
@@ -628,10 +666,16 @@ def test_unsafe_log_path_is_refused_before_the_container(testbed, monitor_bin, c
 
 
 def test_unsafe_log_path_refusal_reaches_crio_too(testbed, monitor_bin):
-    """CRI-O style (stream socket, legacy ``pid`` key, bare log path): the same -1 with the reason."""
-    skip_c(monitor_bin, "trusts any directory (and just exits: EOF on the sync pipe)")
+    """CRI-O style (stream socket, legacy ``pid`` key, bare log path): the same -1 with the reason.
+    [conmon] C conmon 2.1.6 logs into the world-writable directory."""
     log, extra, why = _refusal_case(testbed.workdir("safety"), "world-writable")
     m = testbed.run(monitor_bin, ["echo", "hi"], style="crio", log_path=log, extra_args=extra, start=False)
+    if is_c(monitor_bin):
+        assert m.container_pid, m.describe()
+        m.start_container()
+        assert m.wait_exit_file() == 0
+        assert [x.content for x in join_lines(read_k8s_log(log))] == [b"hi"]
+        return
     assert m.first_status == 1, m.describe()
     assert m.sync_msg and m.sync_msg["pid"] == -1 and why in m.sync_msg["message"], m.describe()
     assert container_state(m.cid, m.runtime_root) is None

@@ -340,9 +340,10 @@ def test_runtime_did_not_set_up_terminal(testbed, monitor_bin):
             assert m.read_sync(5) is None
             assert os.listdir(tmpdir) == [], "console socket removed"
         else:
-            # C conmon 2.1.6 only logs the error and exits: the caller reads EOF, no message
-            # (and it leaves $TMPDIR/conmon-term.XXXXXX behind)
+            # C conmon 2.1.6 only logs the error and exits: the caller reads EOF, no message,
+            # and it leaves its console socket $TMPDIR/conmon-term.XXXXXX behind
             assert m.sync_msg is None, m.describe()
+            assert [n[:len("conmon-term.")] for n in os.listdir(tmpdir)] == ["conmon-term."], os.listdir(tmpdir)
         assert not os.path.exists(m.exit_file)
     finally:
         pid = read_pidfile(m.pidfile)
