@@ -35,6 +35,7 @@ from support.harness import (
     poll_until,
     proc_cmdline,
     read_exit_file,
+    wait_exit_file,
     wait_pid_gone,
     write_ctl,
 )
@@ -631,6 +632,50 @@ def test_id_with_slash_or_dotdot_is_refused(testbed, which, value):
     assert m.sync_msg is None  # nothing started: the sync pipe just closes
     assert not os.path.exists(os.path.join(d, "runtime.pid"))
     assert os.listdir(m.socket_dir) == [] and os.listdir(m.exit_dir) == []
+
+
+# A runtime that "creates" a container (a short sleep, its pid in the pid file) whatever its id is
+# (runc itself refuses ids with '/').
+PIDFILE_RUNTIME = """#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in --pid-file) pidfile=$2; shift ;; esac
+  shift
+done
+sleep 1 </dev/null >/dev/null 2>&1 &
+printf %s $! > "$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile"
+"""
+
+
+def test_c_conmon_follows_dotdot_in_cid(testbed):
+    """What the check prevents: C conmon 2.1.6 writes the exit file to <exit dir>/../<name>."""
+    runtime = os.path.join(testbed.workdir("rt"), "runtime")
+    with open(runtime, "w") as f:
+        f.write(PIDFILE_RUNTIME)
+    os.chmod(runtime, 0o755)
+    name = f"pcm-escape-{os.getpid()}-{time.monotonic_ns()}"
+    m = testbed.run(C_CONMON, ["true"], style="crio", start=False, extra_args=["--cid", f"../{name}", "-r", runtime])
+    escaped = os.path.join(os.path.dirname(m.exit_dir), name)
+    try:
+        assert m.sync_msg and m.sync_msg["pid"] > 0, m.describe()
+        assert wait_exit_file(escaped) == 0
+        assert os.listdir(m.exit_dir) == []
+    finally:
+        if os.path.lexists(escaped):
+            os.unlink(escaped)
+
+
+def test_attach_link_removed_at_exit(testbed, monitor_bin):
+    """CRI-O style: the monitor makes ``<socket dir>/<cuuid>`` a link to the bundle; pyconmon removes
+    it when it exits.  [conmon] C conmon 2.1.6 leaves it behind."""
+    m = testbed.run(monitor_bin, ["true"], style="crio")
+    link = os.path.join(m.socket_dir, m.cuuid)
+    assert m.wait_exit_file() == 0, m.describe()
+    m.wait(10)
+    wait_pid_gone(m.pid, 10)
+    if is_c(monitor_bin):
+        assert os.path.islink(link) and os.readlink(link) == m.bundle
+    else:
+        assert not os.path.lexists(link), os.listdir(m.socket_dir)
 
 
 def test_c_conmon_follows_dotdot_in_cuuid(testbed):
