@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 
 import pytest
 
@@ -330,6 +331,11 @@ def test_podman_passes_monitor_to_exit_command(podman_clean, monitor_bin):
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
     assert cid.encode() in argv and b"--exit-command" in argv
+    # the exit command (``podman container cleanup``) does not get --conmon: it finds the monitor
+    # through CONTAINERS_CONF alone (README, "Using it with Podman")
+    exit_args = [a for i, a in enumerate(argv) if i and argv[i - 1] == b"--exit-command-arg"]
+    assert exit_args[-3:] == [b"container", b"cleanup", cid.encode()], exit_args
+    assert b"--conmon" not in exit_args and monitor_bin.encode() not in exit_args, exit_args
     assert podman("rm", "-f", "-t", "0", cid, conmon=monitor_bin).returncode == 0
     wait_pid_gone(pid, 10)
 
@@ -342,8 +348,14 @@ def test_short_dirs_fit_sun_path(testbed):
 
 
 def test_podman_fallback_is_detected(podman, tmp_path):
+    """Podman silently falls back to another conmon when the one it is given fails its version
+    probe (README, "Using it with Podman"); the test bed's check catches that."""
     fake = tmp_path / "conmon"
     fake.write_text("#!/bin/sh\necho not a conmon\n")
     fake.chmod(0o755)
+    r = subprocess.run(podman.argv("info", "--format", "{{.Host.Conmon.Path}}", conmon=str(fake)),
+                       env=podman.env(str(fake)), capture_output=True, text=True, timeout=60, cwd=podman.base)
+    assert r.returncode == 0, r.stderr  # silently ...
+    assert r.stdout.strip() not in ("", str(fake)), r.stdout  # ... another monitor
     with pytest.raises(RuntimeError, match="does not use"):
         podman("ps", conmon=str(fake))

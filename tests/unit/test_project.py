@@ -1,0 +1,44 @@
+"""Claims the README makes about the project as a whole: the monitor imports nothing but the
+standard library, and ``pip install .`` gives a ``pyconmon`` console script."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "src" / "pyconmon"
+
+
+def imported_top_level_modules(path: Path) -> set[str]:
+    """Top-level names of the absolute imports in one source file (relative ones are the package's)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_runtime_imports_only_the_standard_library() -> None:
+    """Besides the stdlib: the package itself and the launcher's built-in module (launcher/conmon.c)."""
+    ours = {"pyconmon", "_pyconmon_native"}
+    assert 'PyImport_AppendInittab("_pyconmon_native"' in (ROOT / "launcher" / "conmon.c").read_text()
+    sources = sorted(PACKAGE.glob("*.py"))
+    assert len(sources) > 10, sources
+    outside = {
+        path.name: sorted(n for n in imported_top_level_modules(path) if n not in sys.stdlib_module_names | ours)
+        for path in sources
+    }
+    assert {k: v for k, v in outside.items() if v} == {}
+
+
+def test_console_script_is_declared_and_callable() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not project.get("dependencies"), project.get("dependencies")  # nothing to install at run time
+    module, _, func = project["scripts"]["pyconmon"].partition(":")
+    assert callable(getattr(importlib.import_module(module), func))
