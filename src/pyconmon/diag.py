@@ -28,6 +28,7 @@ class Diagnostics:
         self.level = level
         self.use_stderr = True
         self.cid = ""
+        self.pid = 0  # the pid syslog lines name (server mode: the stub's); 0: this process
         self.syslog_path: str | None = None
         self._syslog: _socket.socket | None = None
         self._once: set[str] = set()
@@ -47,7 +48,8 @@ class Diagnostics:
                 self._syslog = sock
             pri = _FACILITY_USER | _SYSLOG_SEVERITY[level]
             stamp = time.strftime("%b %e %H:%M:%S")
-            msg = f"<{pri}>{stamp} conmon[{os.getpid()}]: conmon {self.cid[:20]} <{_SYSLOG_TAG[level]}>: {text}"
+            pid = self.pid or os.getpid()
+            msg = f"<{pri}>{stamp} conmon[{pid}]: conmon {self.cid[:20]} <{_SYSLOG_TAG[level]}>: {text}"
             self._syslog.send(msg.encode("utf-8", "replace"))
         except OSError:
             if self._syslog is not None:

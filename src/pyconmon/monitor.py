@@ -13,9 +13,10 @@ Facts that shape it:
   only after the runtime child has exited: on failure what is there is the
   runtime's error (reported on the sync pipe, not logged, as conmon does);
   on success it is container output and goes to the log.
-* Children are reaped with ``waitpid(-1, WNOHANG)`` on every SIGCHLD and
-  their statuses kept, so a container that exits before its pid file is read
-  is still recognised.
+* Forking, reaping and signals are process-wide, so the monitor leaves them
+  to a *children* object (``pyconmon.children``): this process in classic
+  mode, the per-container stub in server mode.  Waits are ``yield``s of
+  :meth:`Monitor.steps`, so one loop can drive many monitors.
 * After the container exits, output is drained before the exit files are
   written: once a caller sees the exit file, the log is complete.
 """
@@ -25,8 +26,9 @@ from __future__ import annotations
 import _signal
 import os
 
+from .children import FORWARDED, UNKNOWN_STATUS, Children, LocalChildren
 from .diag import Diagnostics
-from .exitfiles import exit_code_from_status, run_exit_command, write_exit_files
+from .exitfiles import exit_code_from_status, write_exit_files
 from .loop import EventLoop
 from .options import Options
 from .process import (
@@ -34,7 +36,6 @@ from .process import (
     open_fds,
     redirect_stdio_to_devnull,
     set_oom_score_adj,
-    set_parent_death_signal,
     set_subreaper,
     tune_malloc,
     write_file_atomic,
@@ -44,6 +45,8 @@ from .syncpipe import SyncPipe
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable, Generator
+
     from .attach import AttachServer
     from .config import Settings
     from .ctl import ControlFifos
@@ -54,10 +57,8 @@ if TYPE_CHECKING:
     from .ratelimit import DropLimiter
     from .stdio import ContainerStdio
 
-SIGQUIT, SIGKILL, SIGPIPE, SIGTERM, SIGCHLD, SIGINT = 3, 9, 13, 15, 17, 2
-FORWARDED = (SIGTERM, SIGINT, SIGQUIT)
+SIGKILL, SIGPIPE, SIGINT = 9, 13, 2
 RUNTIME_ERR_MAX = 8192
-UNKNOWN_STATUS = -1  # in Monitor.statuses: the process ended but could not be reaped
 
 
 class Fatal(Exception):
@@ -69,7 +70,7 @@ class Monitor:
 
     def __init__(self, opts: Options, diag: Diagnostics, sync: SyncPipe, attach_pipe: SyncPipe | None,
                  start_fd: int | None, inherited: list[int], old_oom: str | None, sinks: LogSinks | None,
-                 loop: EventLoop | None = None) -> None:
+                 loop: EventLoop | None = None, children: Children | None = None) -> None:
         self.opts = opts
         self.diag = diag
         self.sync = sync
@@ -79,7 +80,9 @@ class Monitor:
         self.old_oom = old_oom
         self.sinks = sinks
         self.loop = loop or EventLoop()
-        self.statuses: dict[int, int] = {}
+        # Forks, reaps and signals: in this process (classic) or in the stub (server mode).
+        self.children = children or LocalChildren(diag)
+        self.statuses = self.children.statuses
         self.runtime_pid = 0
         self.container_pid = 0
         self.timed_out = False
@@ -95,30 +98,17 @@ class Monitor:
         self.limiter: DropLimiter | None = None
         self.metrics: MetricsReporter | None = None
 
-    # -- signals and children -------------------------------------------------
-    def _on_signal(self, signum: int) -> None:
-        if signum == SIGCHLD:
-            self._reap()
-        elif signum in FORWARDED:
-            target = self.container_pid or self.runtime_pid
-            if target:
-                self.diag.info(f"Forwarding signal {signum} to {target}")
-                try:
-                    os.kill(target, signum)
-                except OSError:
-                    pass
-
-    def _reap(self) -> None:
-        while True:
+    # -- signals ------------------------------------------------------------------
+    def _forward(self, signum: int) -> None:
+        if signum not in FORWARDED:
+            return
+        target = self.container_pid or self.runtime_pid
+        if target:
+            self.diag.info(f"Forwarding signal {signum} to {target}")
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
-            if pid == 0:
-                return
-            self.statuses[pid] = status
+                os.kill(target, signum)
+            except OSError:
+                pass
 
     # -- output ----------------------------------------------------------------
     def _on_output(self, stream: int, data: bytes) -> None:
@@ -169,7 +159,7 @@ class Monitor:
         if not self.passthrough:
             self.stdio = stdio = ContainerStdio(self.loop, self.diag, self._on_output)
             if opts.terminal:
-                console = stdio.make_console_socket(os.environ.get("TMPDIR") or "/tmp")
+                console = stdio.make_console_socket(self.children.environ.get("TMPDIR") or "/tmp")
                 stdio.on_pty = self._on_pty
             else:
                 stdio.make_pipes(opts.stdin)
@@ -200,47 +190,20 @@ class Monitor:
             self.loop.add(notify.fd, 1, lambda ev: notify.on_readable())
         return console
 
-    def _spawn_runtime(self, argv: list[str]) -> int:
+    def _spawn_runtime(self, argv: list[str]) -> None:
         opts = self.opts
-        env = dict(os.environ)
+        env = dict(self.children.environ)
         try:
             # conmon compares with getppid() in the runtime child: LISTEN_PID names the monitor
             # itself (started with --sync by a socket unit), never the caller.
-            rewrite_listen_pid = listen_pid_env(env, os.getpid(), opts.replace_listen_pid)
+            rewrite_listen_pid = listen_pid_env(env, self.children.pid, opts.replace_listen_pid)
         except ListenPidError as err:
             self.sync.send(-1, str(err))  # conmon's runtime child fails with this text on the sync pipe
             raise Fatal(str(err)) from None
         preserved = range(3, 3 + preserved_fd_count(opts))
         child_fds = self.stdio.child_fds if self.stdio is not None else None
         start_fd = self.start_fd if opts.exec_attach else None
-        pid = os.fork()
-        if pid == 0:  # the runtime child: never returns
-            try:
-                for sig in (SIGPIPE, SIGTERM, SIGINT, SIGQUIT, SIGCHLD):
-                    _signal.signal(sig, _signal.SIG_DFL)
-                set_parent_death_signal(SIGKILL)
-                if child_fds is not None:
-                    null = os.open("/dev/null", os.O_RDWR)
-                    for target, fd in enumerate(child_fds):
-                        os.dup2(fd if fd >= 0 else null, target)
-                for fd in preserved:
-                    try:
-                        os.set_inheritable(fd, True)
-                    except OSError:
-                        pass
-                if start_fd is not None:
-                    os.read(start_fd, 1)  # exec-attach: wait until the caller has attached
-                if self.old_oom is not None:
-                    set_oom_score_adj(self.old_oom)
-                if rewrite_listen_pid:
-                    env["LISTEN_PID"] = str(os.getpid())
-                os.execve(argv[0], argv, env)
-            except BaseException as err:  # noqa: BLE001 - a forked child must never return
-                try:
-                    os.write(2, f"Failed to exec {argv[0]}: {err}\n".encode())
-                finally:
-                    os._exit(127)
-        return pid
+        self.children.spawn_runtime(argv, env, rewrite_listen_pid, child_fds, preserved, start_fd, self.old_oom)
 
     def _read_pidfile(self) -> int:
         path = self.opts.container_pidfile
@@ -275,10 +238,24 @@ class Monitor:
 
     # -- the sequence ------------------------------------------------------------
     def run(self) -> int:
+        """The whole sequence in this process's own loop; the exit status."""
+        self.loop.on_error = self._on_loop_error
+        steps = self.steps()
+        try:
+            while True:
+                self.loop.run_until(next(steps))
+        except StopIteration as done:
+            return int(done.value)
+
+    def steps(self) -> Generator[Callable[[], bool], None, int]:
+        """The sequence, pausing at each wait: yields conditions, returns the exit status.
+
+        Written as a generator so that one event loop can drive many monitors
+        (server mode): the driver resumes it once the yielded condition holds.
+        """
         opts = self.opts
         loop = self.loop
-        loop.on_error = self._on_loop_error
-        loop.handle_signals((SIGCHLD, SIGTERM, SIGINT, SIGQUIT), self._on_signal)
+        self.children.start(loop, self._forward)
         console = self._setup_io()
         if self.attach_pipe is not None:
             self.attach_pipe.send(0)
@@ -288,7 +265,7 @@ class Monitor:
             os.unlink(opts.container_pidfile or "")  # a stale pid must never be taken for the new one
         except OSError:
             pass
-        self.runtime_pid = self._spawn_runtime(argv)
+        self._spawn_runtime(argv)
         if self.passthrough:
             # As conmon: only the runtime (and so the container) keeps the caller's stdio. The
             # monitor lets go of it now, so the exit command (`podman container cleanup`, which
@@ -300,7 +277,11 @@ class Monitor:
         if self.start_fd is not None:
             os.close(self.start_fd)  # the child has its own copy for the second byte
             self.start_fd = None
-        loop.run_until(lambda: self.runtime_pid in self.statuses)
+        yield lambda: self.children.runtime_pid is not None  # at once, unless the stub forks it
+        if not self.children.runtime_pid:
+            raise OSError(f"Failed to fork the runtime: {self.children.spawn_error}")
+        self.runtime_pid = self.children.runtime_pid
+        yield lambda: self.runtime_pid in self.statuses
         runtime_status = self.statuses.pop(self.runtime_pid)
         runtime_code = exit_code_from_status(runtime_status)
 
@@ -330,7 +311,7 @@ class Monitor:
             self.metrics.start()
         if opts.timeout > 0:
             loop.call_later(opts.timeout, self._on_timeout)
-        loop.run_until(lambda: pid in self.statuses)
+        yield lambda: pid in self.statuses
         status = self.statuses[pid]
         if self.stdio is not None:
             self.stdio.drain()
@@ -346,25 +327,7 @@ class Monitor:
         self.diag.error(f"Internal error{where}: {err!r}; carrying on")
 
     def _watch_exit(self, pid: int) -> None:
-        """Also watch a pidfd: a process that is not our child still ends the wait."""
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            if pid not in self.statuses:
-                self._reap()
-                if pid not in self.statuses and not os.path.exists(f"/proc/{pid}"):
-                    self.statuses[pid] = UNKNOWN_STATUS
-            return
-
-        def exited(events: int) -> None:
-            self.loop.remove(pidfd)
-            os.close(pidfd)
-            self._reap()
-            if pid not in self.statuses:
-                self.diag.warn(f"Process {pid} exited but is not our child: its exit status is unknown")
-                self.statuses[pid] = UNKNOWN_STATUS
-
-        self.loop.add(pidfd, 1, exited)
+        self.children.watch_exit(pid)
 
     def _runtime_failed(self, code: int) -> int:
         message = self._runtime_stderr()
@@ -434,12 +397,7 @@ class Monitor:
             self.attach.flush_all()
         if self.metrics is not None:
             self.metrics.final()  # before the exit file: who sees it finds the final numbers
-        for fd in self.inherited:
-            if fd != self.sync.fd:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        self.children.close_inherited([fd for fd in self.inherited if fd != self.sync.fd])
         self._teardown()
         assert opts.cid
         for problem in write_exit_files(code, opts.cid, opts.persist_dir, opts.exit_dir):
@@ -448,8 +406,8 @@ class Monitor:
             self.sync.send(code, "command timed out" if self.timed_out else None)
         self.sync.close()
         if opts.exit_command:
-            self.loop.restore_signals()
-            status = run_exit_command([opts.exit_command, *opts.exit_command_args], opts.exit_delay, self.old_oom)
+            status = self.children.exit_command([opts.exit_command, *opts.exit_command_args], opts.exit_delay,
+                                                self.old_oom)
             if status:
                 return status
         return code & 0xFF  # as conmon: a --sync caller sees the container's code as our status
