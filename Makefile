@@ -1,8 +1,11 @@
 # pyconmon: build and install the `conmon` launcher and the Python package.
 #
-#   make                      build build/conmon (libpython embedded)
+#   make                      build build/conmon (libpython embedded) and build/stub/conmon
+#                             (server mode's static per-container stub, launcher/stub.c)
 #   make install              $(PREFIX)/bin/conmon + $(PREFIX)/lib/pyconmon/pyconmon/*.py[c]
-#                             + $(PREFIX)/share/man/man8/conmon.8
+#                             + $(PREFIX)/share/man/man8/conmon.8 + $(PREFIX)/lib/pyconmon/{classic,stub}/conmon
+#   make install ENTRY=stub   ... the stub as the `conmon` entry (classic stays its default mode;
+#                             server mode: PYCONMON_MODE=server or "server" in $(PYCONMON_MODE_FILE))
 #   make podman               ... binary as $(PREFIX)/libexec/podman/conmon instead (no man page)
 #   make crio                 ... binary as $(PREFIX)/libexec/crio/conmon instead (no man page)
 #   make deb                  build/pyconmon_<version>_<arch>.deb (reproducible, see packaging/deb.py)
@@ -25,6 +28,11 @@ PYCONMON_LIBDIR ?= $(PREFIX)/lib/pyconmon
 # Debian's, not a pyenv shim: the binary links against its libpython.
 PYTHON ?= /usr/bin/python3
 PYTHON_CONFIG ?= $(PYTHON)-config
+# Which program the install targets put at .../conmon: the classic launcher, or
+# the stub (which execs the classic one unless server mode is switched on).
+ENTRY ?= classic
+# The stub's switch to server mode (or PYCONMON_MODE=server in its environment).
+PYCONMON_MODE_FILE ?= $(SYSCONFDIR)/pyconmon/mode
 # Python for the developer targets (test, lint): the one on PATH.
 DEV_PYTHON ?= python3
 
@@ -72,12 +80,26 @@ LAUNCHER_DEFS := \
 
 LAUNCHER_CMD := $(CC) $(CPPFLAGS) $(CFLAGS) $(PY_CFLAGS) $(LAUNCHER_DEFS) -o $(BUILDDIR)/conmon launcher/conmon.c $(LDFLAGS) $(PY_LDFLAGS)
 
+STUB_CFLAGS ?= -Os -Wall -Wextra
+# The server a stub talks to is named by this key (a hash of what is
+# installed and where): a new install gets a new server, the old one exits
+# when idle.
 PY_SOURCES := $(shell find $(SRCDIR) -name '*.py' -not -path '*/__pycache__/*' 2>/dev/null | LC_ALL=C sort)
+
+STUB_KEY := $(shell { echo '$(PYCONMON_LIBDIR)' '$(PY_EXE)'; cat $(PY_SOURCES) launcher/stub.c launcher/version.h; } | sha256sum | cut -c1-16)
+STUB_DEFS := \
+	-DPYCONMON_LIBDIR='"$(PYCONMON_LIBDIR)"' \
+	-DPYCONMON_PYEXE='"$(PY_EXE)"' \
+	-DPYCONMON_CLASSIC='"$(PYCONMON_LIBDIR)/classic/conmon"' \
+	-DPYCONMON_MODE_FILE='"$(PYCONMON_MODE_FILE)"' \
+	-DPYCONMON_KEY='"$(STUB_KEY)"' \
+	-DPYCONMON_VERSION_TEXT='$(VERSION_TEXT)'
+STUB_CMD := $(CC) -static $(CPPFLAGS) $(STUB_CFLAGS) $(STUB_DEFS) -o $(BUILDDIR)/stub/conmon launcher/stub.c $(LDFLAGS)
 
 .PHONY: all man install install-lib install-man podman crio deb uninstall test bench bench-docs lint clean \
 	check-python FORCE
 
-all: $(BUILDDIR)/conmon $(BUILDDIR)/conmon.8
+all: $(BUILDDIR)/conmon $(BUILDDIR)/stub/conmon $(BUILDDIR)/conmon.8
 
 man: $(BUILDDIR)/conmon.8
 
@@ -103,7 +125,14 @@ $(BUILDDIR)/conmon.8: packaging/manpage.py $(PY_SOURCES) $(BUILDDIR)/cmdline
 	$(PYTHON) -I -S packaging/manpage.py $(if $(MAN_DATE),--date $(MAN_DATE)) --libdir '$(PYCONMON_LIBDIR)' >$@.tmp
 	mv $@.tmp $@
 
-install-lib:
+$(BUILDDIR)/stub-cmdline: FORCE | $(BUILDDIR) check-python
+	@$(if $(call streq,$(STUB_CMD),$(file <$@)),:,$(file >$@,$(STUB_CMD)):)
+
+$(BUILDDIR)/stub/conmon: launcher/stub.c launcher/version.h $(BUILDDIR)/stub-cmdline
+	@mkdir -p $(BUILDDIR)/stub
+	$(STUB_CMD)
+
+install-lib: $(BUILDDIR)/conmon $(BUILDDIR)/stub/conmon
 	@test -n "$(PY_HOME)" || { echo "error: cannot run $(PYTHON)" >&2; exit 1; }
 	rm -rf '$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'
 	$(INSTALL) -d -m 755 '$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'
@@ -116,6 +145,8 @@ install-lib:
 	env -i PATH="$$PATH" PYTHONHASHSEED=0 $(PYTHON) -s -P -m compileall -q -j 0 \
 		--invalidation-mode $(PYC_INVALIDATION) -d '$(PYCONMON_LIBDIR)/pyconmon' \
 		'$(DESTDIR)$(PYCONMON_LIBDIR)/pyconmon'
+	$(INSTALL) -D -m 755 $(BUILDDIR)/conmon '$(DESTDIR)$(PYCONMON_LIBDIR)/classic/conmon'
+	$(INSTALL) -D -m 755 $(BUILDDIR)/stub/conmon '$(DESTDIR)$(PYCONMON_LIBDIR)/stub/conmon'
 
 install-man: $(BUILDDIR)/conmon.8
 	$(INSTALL) -D -m 644 $(BUILDDIR)/conmon.8 '$(DESTDIR)$(MANDIR)/man8/conmon.8'
@@ -123,7 +154,7 @@ install-man: $(BUILDDIR)/conmon.8
 # $(1): directory for the binary
 define install_bin
 	$(INSTALL) -d -m 755 '$(DESTDIR)$(1)'
-	$(INSTALL) -m 755 $(BUILDDIR)/conmon '$(DESTDIR)$(1)/conmon'
+	$(INSTALL) -m 755 $(if $(filter stub,$(ENTRY)),$(BUILDDIR)/stub/conmon,$(BUILDDIR)/conmon) '$(DESTDIR)$(1)/conmon'
 endef
 
 install: $(BUILDDIR)/conmon install-lib install-man

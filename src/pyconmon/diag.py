@@ -27,6 +27,7 @@ class Diagnostics:
     def __init__(self, level: int = WARNING) -> None:
         self.level = level
         self.use_stderr = True
+        self.captured: list[str] | None = None  # server mode: stderr lines the stub writes for us
         self.cid = ""
         self.pid = 0  # the pid syslog lines name (server mode: the stub's); 0: this process
         self.syslog_path: str | None = None
@@ -59,7 +60,9 @@ class Diagnostics:
     def log(self, level: int, text: str) -> None:
         if level > self.level:
             return
-        if self.use_stderr:
+        if self.use_stderr and self.captured is not None:
+            self.captured.append(f"[conmon:{_LETTER[level]}]: {text}\n")
+        elif self.use_stderr:
             try:
                 os.write(2, f"[conmon:{_LETTER[level]}]: {text}\n".encode("utf-8", "replace"))
             except OSError:

@@ -452,6 +452,11 @@ def run(opts: Options) -> int:
         diag.error(f"Invalid fd number in the environment: {err}")
         return 1
 
+    # The server-mode stub read the start byte, forked and wrote the pid file already,
+    # then lost its server before the runtime ran: this process takes over from there.
+    resumed = os.environ.pop("_PYCONMON_RESUMED", None) == "1"
+    if resumed and not opts.exec_attach:
+        start_fd = None  # the stub closed it; the number may be reused
     inherited_at_start = [fd for fd in open_fds() if fd > 2]
     # Only now: a syslog socket opened earlier would count as inherited and be closed at exit.
     diag.trace(f"set log level to {opts.log_level or 'warning'}")  # conmon's wording
@@ -475,16 +480,18 @@ def run(opts: Options) -> int:
         SyncPipe(sync_fd, key).send(-1, f"Failed to open log file: {err}")
         return 1
 
-    if start_fd is not None:
+    if start_fd is not None and not resumed:
         try:
             os.read(start_fd, 1)
         except OSError as err:
             diag.error(f"Failed to read from the start pipe: {err.strerror}")
-        if not opts.exec_attach:
-            os.close(start_fd)
-            start_fd = None
+    if start_fd is not None and not opts.exec_attach:
+        os.close(start_fd)
+        start_fd = None
 
-    if not opts.sync:
+    if resumed:
+        pass
+    elif not opts.sync:
         child = os.fork()
         if child:
             if opts.conmon_pidfile:
