@@ -117,7 +117,7 @@ $(BUILDDIR):
 $(BUILDDIR)/cmdline: FORCE | $(BUILDDIR) check-python
 	@$(if $(call streq,$(LAUNCHER_CMD),$(file <$@)),:,$(file >$@,$(LAUNCHER_CMD)):)
 
-$(BUILDDIR)/conmon: launcher/conmon.c $(BUILDDIR)/cmdline
+$(BUILDDIR)/conmon: launcher/conmon.c launcher/version.h $(BUILDDIR)/cmdline
 	$(LAUNCHER_CMD)
 
 # The man page, made from the option table (it names $(PYCONMON_LIBDIR): cmdline tracks PREFIX).

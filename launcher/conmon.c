@@ -40,6 +40,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 
+#include "version.h"
+
 #ifndef PYCONMON_LIBDIR
 #error "compile with -DPYCONMON_LIBDIR=\"$(PREFIX)/lib/pyconmon\""
 #endif
@@ -112,16 +114,10 @@ static PyStatus append_path(PyConfig *config, const wchar_t *path)
 
 int main(int argc, char **argv)
 {
-#ifdef PYCONMON_VERSION_TEXT
-    /* Podman runs `conmon --version` before every container start and exec
-     * (and CRI-O at start-up): answer it without starting the interpreter
-     * (2 ms instead of 10).  The text comes from pyconmon.cli.version_text
-     * at build time; with any other argument Python parses the line. */
-    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
-        fputs(PYCONMON_VERSION_TEXT, stdout);
-        return fflush(stdout) == 0 ? 0 : 1;
-    }
-#endif
+    /* 2 ms instead of 10; with any other argument Python parses the line. */
+    int version_status = answer_version(argc, argv);
+    if (version_status >= 0)
+        return version_status;
     PyStatus status;
     PyPreConfig preconfig;
     PyConfig config;

@@ -23,6 +23,7 @@
  * forks again (ZYGOTE.md R2).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -40,6 +41,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "version.h"
 
 #ifndef PYCONMON_CLASSIC
 #error "compile with -DPYCONMON_CLASSIC=\"$(PYCONMON_LIBDIR)/classic/conmon\""
@@ -68,14 +71,46 @@ static int g_pidfd = -1;
 static char g_old_oom[32];
 static char *g_packet;
 
+static int write_all(int fd, const char *buf, size_t len);
+
+static void set_oom(const char *value)
+{
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        write_all(fd, value, strlen(value));
+        close(fd);
+    }
+}
+
 /* ---------------------------------------------------------------- classic */
+
+static void keep_across_exec(int fd)
+{
+    int fl = fd >= 0 ? fcntl(fd, F_GETFD) : -1;
+    if (fl >= 0)
+        fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
+}
 
 static void exec_classic(int resumed)
 {
     if (g_sock >= 0)
         close(g_sock);
-    if (resumed)
+    if (resumed) {
+        /* Everything the caller gave us goes on to the classic monitor. */
+        keep_across_exec(g_sync_fd);
+        keep_across_exec(g_attach_fd);
+        keep_across_exec(g_start_fd);
+        for (int i = 0; i < g_n_inherited; i++)
+            keep_across_exec(g_inherited[i]);
+        if (g_old_oom[0])
+            set_oom(g_old_oom); /* classic saves it again, for the runtime and the exit command */
         setenv("_PYCONMON_RESUMED", "1", 1);
+    }
+    /* The signal mask and ignored signals survive exec: hand over a clean state. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
     execv(PYCONMON_CLASSIC, g_argv);
     fprintf(stderr, "[conmon:e]: Failed to exec %s: %s\n", PYCONMON_CLASSIC, strerror(errno));
     _exit(1);
@@ -449,15 +484,6 @@ static void reap(void)
     }
 }
 
-static void set_oom(const char *value)
-{
-    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        write_all(fd, value, strlen(value));
-        close(fd);
-    }
-}
-
 static void reset_child_signals(void)
 {
     sigset_t none;
@@ -691,12 +717,9 @@ static void serve(void)
 
 int main(int argc, char **argv)
 {
-#ifdef PYCONMON_VERSION_TEXT
-    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
-        fputs(PYCONMON_VERSION_TEXT, stdout);
-        return fflush(stdout) == 0 ? 0 : 1;
-    }
-#endif
+    int version_status = answer_version(argc, argv);
+    if (version_status >= 0)
+        return version_status;
     g_argv = argv;
     if (!server_mode_wanted() || has_arg(argc, argv, "--sync") || has_arg(argc, argv, "--version") ||
         has_arg(argc, argv, "--help") || has_arg(argc, argv, "-h") || unserved_log_driver(argc, argv) ||
@@ -757,9 +780,11 @@ int main(int argc, char **argv)
 
     /* The caller's descriptors (port reservations, slirp's exit fd...) live
      * as long as the monitor and are closed before the exit file. */
-    for (int fd = 3; fd < 4096; fd++) {
-        int fl = fcntl(fd, F_GETFD);
-        if (fl < 0)
+    DIR *dir = opendir("/proc/self/fd");
+    struct dirent *de;
+    while (dir && (de = readdir(dir))) {
+        int fd = atoi(de->d_name), fl;
+        if (fd < 3 || fd == dirfd(dir) || (fl = fcntl(fd, F_GETFD)) < 0)
             continue;
         fcntl(fd, F_SETFD, fl | FD_CLOEXEC); /* the runtime gets only its stdio and preserved fds */
         if (fd == g_sock || fd == g_sync_fd || fd == g_attach_fd || fd == g_start_fd)
@@ -767,6 +792,8 @@ int main(int argc, char **argv)
         if (g_n_inherited < MAX_INHERITED)
             g_inherited[g_n_inherited++] = fd;
     }
+    if (dir)
+        closedir(dir);
     int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
     dup2(null, 1);

@@ -25,18 +25,29 @@ def unavailable_reason():
     return None
 
 
-def install_podman_conmon(base):
-    """Build and install into ``base`` (once); return the installed monitor's path."""
+def install_podman_conmon(base, server_mode=False):
+    """Build and install into ``base`` (once); return the installed monitor's path.
+
+    ``server_mode``: the entry is the stub (``ENTRY=stub``), switched to
+    server mode by ``<base>/mode`` (its PYCONMON_MODE_FILE).
+    """
     base = str(base)
     prefix = os.path.join(base, "prefix")
     conmon = os.path.join(prefix, "libexec", "podman", "conmon")
     if os.access(conmon, os.X_OK):
         return conmon
+    extra = []
+    if server_mode:
+        mode_file = os.path.join(base, "mode")
+        os.makedirs(base, exist_ok=True)
+        with open(mode_file, "w") as f:
+            f.write("server\n")
+        extra = ["ENTRY=stub", f"PYCONMON_MODE_FILE={mode_file}"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "DESTDIR", "PREFIX")}
     build = os.path.join(base, "build")
     for target in ("all", "podman"):
-        r = subprocess.run(["make", "-s", "-C", REPO, f"BUILDDIR={build}", f"PREFIX={prefix}", target],
+        r = subprocess.run(["make", "-s", "-C", REPO, f"BUILDDIR={build}", f"PREFIX={prefix}", *extra, target],
                            env=env, capture_output=True, text=True, timeout=300, check=False)
         if r.returncode != 0:
             raise RuntimeError(f"make {target} failed:\n{r.stdout}\n{r.stderr}")

@@ -1,0 +1,226 @@
+"""Server mode end to end: the static stub in front of the shared Python server, with real runc.
+
+The monitor is installed as ``make podman ENTRY=stub PYCONMON_MODE_FILE=<file
+saying "server">`` (tests/support/installed.py), so the ``conmon`` that the
+harness starts (as Podman and CRI-O do) is the stub, and the classic monitor
+of the same install is ``lib/pyconmon/classic/conmon``.  The rest of the e2e
+suite runs in server mode with ``PYCONMON_TEST_MONITORS=<that stub>``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+
+import pytest
+
+from pyconmon import protocol
+from support import RUNC
+from support.harness import poll_until
+from support.installed import install_podman_conmon
+from support.installed import unavailable_reason as install_unavailable
+
+LONG = ["sh", "-c", "echo out; echo err >&2; exec sleep 600"]
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory):
+    reason = install_unavailable()
+    if reason:
+        pytest.skip(reason)
+    return install_podman_conmon(tmp_path_factory.mktemp("server-mode"), server_mode=True)
+
+
+@pytest.fixture(scope="module")
+def classic(stub):
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(stub)))
+    return os.path.join(prefix, "lib", "pyconmon", "classic", "conmon")
+
+
+def servers_of(stub):
+    """Pids of the running servers of this install (their command line names its lib dir)."""
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(stub)))
+    lib = os.path.join(prefix, "lib", "pyconmon").encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0] == b"pyconmon-server" and any(lib in a for a in argv):
+            found.append(int(name))
+    return found
+
+
+def server_socket(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    return argv[argv.index(b"--socket") + 1].decode()
+
+
+def runc_kill(cid, sig="KILL"):
+    import subprocess
+    subprocess.run([RUNC, "kill", cid, sig], capture_output=True, timeout=30, check=False)
+
+
+def proc_text(pid, name):
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return f.read()
+
+
+def status_fields(pid, names):
+    lines = dict(line.split(":", 1) for line in proc_text(pid, "status").decode().splitlines())
+    return {n: lines[n].strip() for n in names}
+
+
+def stat_fields(pid):
+    """(ppid, pgrp, session) from /proc/PID/stat."""
+    rest = proc_text(pid, "stat").decode().rsplit(")", 1)[1].split()
+    return int(rest[1]), int(rest[2]), int(rest[3])
+
+
+def wait_gone(pid, timeout=10):
+    poll_until(lambda: not os.path.exists(f"/proc/{pid}") or stat_state(pid) == "Z", timeout, what=f"{pid} gone")
+
+
+def stat_state(pid):
+    try:
+        return proc_text(pid, "stat").decode().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+@pytest.mark.parametrize("style", ["podman", "crio"])
+def test_container_in_server_mode(testbed, stub, style):
+    m = testbed.run(stub, LONG, style=style)
+    poll_until(lambda: [r.content for r in m.log_records()] in ([b"out", b"err"], [b"err", b"out"]),
+               what="both lines logged")
+    # Served: the monitor process is still the stub itself (classic would have exec'd lib/pyconmon/classic).
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+    servers = servers_of(stub)
+    assert len(servers) == 1
+    assert stat_fields(servers[0])[2] == servers[0]  # the server leads a session of its own
+    with open(f"/proc/{m.container_pid}/stat") as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) == m.pid  # the stub is the container's reaper
+    runc_kill(m.cid)
+    assert m.wait_exit_file(10) == 137
+    m.wait(10)
+    assert m.first_status == 0
+    assert sorted((r.stream, r.content) for r in m.log_records()) == [("stderr", b"err"), ("stdout", b"out")]
+
+
+def test_exit_code_and_runtime_failure(testbed, stub):
+    m = testbed.run(stub, ["sh", "-c", "exit 7"])
+    assert m.wait_exit_file(10) == 7
+    bad = testbed.run(stub, ["true"], start=False, extra_args=["-r", "/bin/false"])
+    bad.wait(10)
+    assert bad.messages[0]["data"] == -1
+    assert bad.read_sync(5) is None  # the sync pipe ends: nothing else holds it
+
+
+def test_identity_matches_classic_field_by_field(testbed, stub, classic):
+    """The same caller starts one server-mode and one classic monitor: what callers can see is the same."""
+    mons = {"server": testbed.run(stub, LONG), "classic": testbed.run(classic, LONG)}
+    seen = {}
+    for name, m in mons.items():
+        pid = m.pid
+        env = dict(x.split(b"=", 1) for x in proc_text(pid, "environ").split(b"\0") if b"=" in x)
+        assert env == {k.encode(): v.encode() for k, v in m.env.items()}, name
+        assert proc_text(pid, "cmdline").split(b"\0")[:-1] == [a.encode() for a in m.argv], name
+        assert [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3, name
+        ppid, pgrp, sid = stat_fields(pid)
+        assert (pgrp, sid) == (pid, pid), name  # setsid(), as C conmon
+        with open(f"/proc/{m.container_pid}/stat") as f:
+            assert int(f.read().rsplit(")", 1)[1].split()[1]) == pid, name  # the subreaper has the container
+        seen[name] = {
+            "exe": os.path.basename(os.readlink(f"/proc/{pid}/exe")),
+            "comm": proc_text(pid, "comm"),
+            "ppid": ppid,
+            "cgroup": proc_text(pid, "cgroup"),
+            "ns": {ns: os.readlink(f"/proc/{pid}/ns/{ns}") for ns in sorted(os.listdir(f"/proc/{pid}/ns"))},
+            "oom_score_adj": proc_text(pid, "oom_score_adj"),
+            "limits": proc_text(pid, "limits"),
+            "status": status_fields(pid, ["Uid", "Gid", "Groups", "CapEff", "CapBnd", "NoNewPrivs", "Seccomp",
+                                          "Cpus_allowed_list"]),
+            "env_keys": None,
+            "container_oom_score_adj": proc_text(m.container_pid, "oom_score_adj"),
+        }
+    assert seen["server"]["exe"] == "conmon"
+    assert seen["server"] == seen["classic"]
+    for m in mons.values():
+        runc_kill(m.cid)
+    assert [m.wait_exit_file(10) for m in mons.values()] == [137, 137]
+    logs = {name: sorted((r.stream, r.content) for r in m.log_records()) for name, m in mons.items()}
+    assert logs["server"] == logs["classic"] == [("stderr", b"err"), ("stdout", b"out")]
+
+
+def test_podman_exec_in_server_mode_and_crio_execsync_classic(testbed, stub):
+    m = testbed.run(stub, ["sleep", "600"])
+    e = testbed.exec(stub, m, ["sh", "-c", "echo exec-out; exit 3"], style="podman")  # -e --exec-attach
+    assert e.client.read_until_eof(10) == {2: b"exec-out\n"}  # through the server's attach socket
+    assert e.wait_exit_file(10) == 3
+    s = testbed.exec(stub, m, ["sh", "-c", "echo sync-out; exit 4"], style="crio")  # --sync: classic
+    assert s.sync_msg == {"exit_code": 4}
+    runc_kill(m.cid)
+    assert m.wait_exit_file(10) == 137
+
+
+def test_killed_server_is_replaced_by_the_next_create(testbed, stub):
+    first = testbed.run(stub, ["true"])
+    assert first.wait_exit_file(10) == 0
+    (old,) = servers_of(stub)
+    os.kill(old, signal.SIGKILL)
+    wait_gone(old)
+    m = testbed.run(stub, ["sh", "-c", "echo again"])
+    assert m.wait_exit_file(10) == 0
+    assert [r.content for r in m.log_records()] == [b"again"]
+    assert servers_of(stub) and old not in servers_of(stub)
+
+
+def test_server_lost_before_the_runtime_classic_takes_over(testbed, stub, classic):
+    """The server says yes, then goes away after the start byte: the classic monitor resumes in the same process."""
+    first = testbed.run(stub, ["true"])
+    assert first.wait_exit_file(10) == 0
+    (real,) = servers_of(stub)
+    path = server_socket(real)
+    os.kill(real, signal.SIGKILL)
+    wait_gone(real)
+    os.unlink(path)
+    fake = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fake.bind(path)
+    fake.listen(4)
+    got = []
+
+    def serve_once():
+        conn, _ = fake.accept()
+        with conn:
+            got.append(protocol.receive(conn)[0])  # hello
+            protocol.send(conn, protocol.OK, [b""])
+            packet = protocol.receive(conn)  # started, with the sync pipe
+            got.append(packet[0])
+            protocol.close_all(packet[2])
+        # ... and the connection drops, as when the server is killed
+
+    t = threading.Thread(target=serve_once, daemon=True)
+    t.start()
+    try:
+        m = testbed.run(stub, LONG)
+        t.join(10)
+        assert got == [protocol.HELLO, protocol.STARTED]
+        # The pid file named the stub's monitor process; that very process now runs the classic monitor.
+        poll_until(lambda: os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic), what="classic exec")
+        assert b"_PYCONMON_RESUMED" not in proc_text(m.container_pid, "environ")
+        poll_until(lambda: sorted(r.content for r in m.log_records()) == [b"err", b"out"], what="logs")
+        runc_kill(m.cid)
+        assert m.wait_exit_file(10) == 137
+    finally:
+        fake.close()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -1,0 +1,179 @@
+"""Unit tests for pyconmon.server and the hello step of pyconmon.session.
+
+A real Server on a real unix socket, driven in this process (``run_once``);
+the tests play the stub's side of the protocol.  The stub itself and whole
+containers in server mode are covered by tests/e2e/test_server_mode.py.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyconmon import protocol
+from pyconmon.server import Server, peer_problem
+from support.forked import wait_status
+
+KEY = b"test-key"
+TRUE = shutil.which("true") or "/bin/true"
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="pcm-srv-", dir="/tmp"))
+    os.chmod(d, 0o755)  # another uid may try to connect (the refusal test)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def server(sock_dir: Path) -> Iterator[Server]:
+    path = str(sock_dir / "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(16)
+    os.chmod(path, 0o777)
+    srv = Server(listener, KEY, path, idle_exit=3600)
+    yield srv
+    for session in list(srv.sessions):
+        session.close()
+    if not srv.stopping:
+        srv.stop()
+    srv.loop.close()
+
+
+def connect(srv: Server) -> socket.socket:
+    assert srv.path is not None
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c.connect(srv.path)
+    return c
+
+
+def answer(srv: Server, client: socket.socket, timeout: float = 5.0) -> tuple[bytes, list[bytes]] | None:
+    """Run the server until the client has a packet (or EOF): (type, fields), None at EOF."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        srv.loop.run_once(0.02)
+        if select.select([client], [], [], 0)[0]:
+            got = protocol.receive(client)
+            return None if got is None else got[:2]
+    raise AssertionError("no answer from the server")
+
+
+def hello(tmp_path: Path, *extra: str, key: bytes = KEY, cwd: str = "/", env: tuple[bytes, ...] = (b"A=1",)
+          ) -> list[bytes]:
+    log = tmp_path / "ctr.log"
+    argv = ["conmon", "--api-version", "1", "-c", "c" * 64, "-u", "c" * 64, "-r", TRUE, "-b", str(tmp_path),
+            "-p", str(tmp_path / "pidfile"), "--exit-dir", str(tmp_path), "-l", f"k8s-file:{log}", *extra]
+    return [key, cwd.encode(), str(len(argv)).encode(), *(a.encode() for a in argv), *env]
+
+
+def test_a_caller_it_can_serve_gets_ok_and_the_foreground_lines(server: Server, tmp_path: Path) -> None:
+    c = connect(server)
+    protocol.send(c, protocol.HELLO, hello(tmp_path, "--log-level", "trace"))
+    assert answer(server, c) == (protocol.OK, [b"[conmon:d]: set log level to trace\n"])
+    assert (tmp_path / "ctr.log").exists()  # log files are opened before the start byte, as classic does
+    assert len(server.sessions) == 1
+    c.close()
+    deadline = time.monotonic() + 5
+    while server.sessions and time.monotonic() < deadline:
+        server.loop.run_once(0.02)
+    assert not server.sessions  # the stub went away before the start: nothing of it is kept
+
+
+@pytest.mark.parametrize(("extra", "key", "cwd", "reason"), [
+    ((), b"other-key", "/", b"another pyconmon version"),
+    (("--sync",), KEY, "/", b"--sync"),
+    (("-l", "journald:"), KEY, "/", b"log driver"),
+    (("-l", "passthrough"), KEY, "/", b"log driver"),
+    (("--persist-dir", "relative/dir"), KEY, "/", b"relative path"),
+    (("--log-level", "shouting"), KEY, "/", b"configuration error"),
+    (("--no-such-option",), KEY, "/", b"usage error"),
+])
+def test_what_it_cannot_serve_exactly_goes_classic(server: Server, tmp_path: Path, extra: tuple[str, ...],
+                                                   key: bytes, cwd: str, reason: bytes) -> None:
+    c = connect(server)
+    protocol.send(c, protocol.HELLO, hello(tmp_path, *extra, key=key, cwd=cwd))
+    assert answer(server, c) == (protocol.CLASSIC, [reason])
+    assert answer(server, c) is None  # and the connection is closed
+    c.close()
+
+
+def test_a_malformed_hello_drops_the_connection(server: Server) -> None:
+    c = connect(server)
+    c.send(b"Hkey\0/\0not-a-number\0")
+    assert answer(server, c) is None
+    c.close()
+
+
+def test_another_uid_is_refused(server: Server) -> None:
+    """SO_PEERCRED: a peer of another uid gets no answer, only the closed connection."""
+    assert server.path is not None
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            c.connect(server.path)
+            c.settimeout(10)
+            try:
+                c.send(protocol.encode(protocol.HELLO, [KEY, b"/", b"1", b"conmon"]))
+                data = c.recv(4096)
+            except (BrokenPipeError, ConnectionResetError):  # closed before or with our hello unread
+                data = b""
+            code = 0 if data == b"" else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 10
+    while server.refused == 0 and time.monotonic() < deadline:
+        server.loop.run_once(0.02)
+    assert server.refused == 1
+    assert not server.sessions
+    assert os.waitstatus_to_exitcode(wait_status(pid, 10)) == 0
+
+
+def idle_server(path: str) -> Server:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(4)
+    return Server(listener, KEY, path, idle_exit=0.2)
+
+
+def test_idle_server_exits_and_removes_its_socket(sock_dir: Path) -> None:
+    path = str(sock_dir / "idle.sock")
+    srv = idle_server(path)
+    started = time.monotonic()
+    srv.run()
+    assert 0.2 <= time.monotonic() - started < 5
+    assert not os.path.exists(path)
+    srv.loop.close()
+
+
+def test_idle_server_leaves_a_socket_that_is_not_its_own(sock_dir: Path) -> None:
+    """A newer server bound the same path meanwhile: the old one must not unlink it."""
+    path = str(sock_dir / "taken.sock")
+    srv = idle_server(path)
+    os.unlink(path)
+    newer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    newer.bind(path)
+    try:
+        srv.run()
+        assert os.path.exists(path)
+    finally:
+        newer.close()
+        srv.loop.close()
+
+
+def test_peer_namespaces() -> None:
+    assert peer_problem(os.getpid()) is None
+    assert peer_problem(2**22 + 12345) == "namespaces unknown"  # no such process
