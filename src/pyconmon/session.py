@@ -14,6 +14,8 @@ answers "classic":
 * ``--sync`` (CRI-O ExecSync: CRI-O signals and drains that very process),
   the passthrough driver (the caller's stdio would have to be handed over)
   and journald (entries would carry the server's pid and unit);
+* metrics (pyconmon.toml ``metrics.dir``: they report the monitor process's
+  own memory and CPU);
 * relative paths (the server has its own working directory);
 * another version, or a peer in other namespaces than the server's.
 """
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable, Generator
 
+    from .config import Settings
     from .logsink import LogSinks
     from .loop import EventLoop
     from .monitor import Monitor
@@ -93,6 +96,7 @@ class StubSession:
         self.environ: dict[str, str] = {}
         self.diag: Diagnostics | None = None
         self.sinks: LogSinks | None = None
+        self.settings: Settings | None = None
         self.monitor: Monitor | None = None
         self.children: StubChildren | None = None
         self.steps: Generator[Callable[[], bool], None, int] | None = None
@@ -167,7 +171,7 @@ class StubSession:
             opts = parse_args([os.fsdecode(a) for a in argv[1:]])
         except UsageError:
             return "usage error"
-        if opts.help or opts.version:
+        if opts.help or opts.version or opts.print_config:
             return "not a monitor run"
         try:
             validate(opts, os.fsdecode(cwd))
@@ -192,13 +196,20 @@ class StubSession:
         if opts.syslog:
             diag.enable_syslog(opts.cid)
         diag.trace(f"set log level to {opts.log_level or 'warning'}")  # conmon's wording
+        from .config import SettingsError, for_container
+        try:
+            settings = for_container(None if opts.exec_ else opts.bundle, passthrough=False)
+        except SettingsError:
+            return "settings"  # classic reports it
+        if settings.metrics_dir:
+            return "metrics"  # they give the monitor process's own memory and CPU
         from .logpath import LogPathError
         from .logsink import LogSinks
         try:
-            self.sinks = LogSinks.from_options(opts, diag)
+            self.sinks = LogSinks.from_options(opts, diag, settings)
         except (OSError, LogPathError):
             return "log file"  # classic reports it exactly as C does
-        self.opts, self.environ, self.diag = opts, environ, diag
+        self.opts, self.environ, self.diag, self.settings = opts, environ, diag, settings
         return None
 
     # -- started: the stub has read the start byte, forked and written the pid file --------------
@@ -222,6 +233,7 @@ class StubSession:
         self.children = StubChildren(self, self.environ, stub_pid, bool(opts.exec_attach))
         self.monitor = Monitor(opts, diag, sync, attach_pipe, None, [], old_oom, self.sinks, self.loop,
                                self.children)
+        self.monitor.settings = self.settings
         self.sinks = None
         self.steps = self.monitor.steps()
         self._advance()

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from support import C_CONMON, LAUNCHER, MONITORS, RUNC
+from support import C_CONMON, MONITORS, RUNC
 from support.harness import (
     new_cid,
     pid_alive,
