@@ -222,8 +222,9 @@ def _c_conmon_spins_on_ctl(m):
         poll_until(lambda: fifo_pending(fd) == 0, 5, what="the monitor to read the first piece")
         os.write(fd, b"y" * 150)  # 250 bytes without a newline: more than its 200-byte buffer
         cpu0 = cpu_seconds(m.pid)
-        time.sleep(1)  # CPU use needs a span of time: nothing to poll
-        assert cpu_seconds(m.pid) - cpu0 > 0.5, "C conmon does not spin"
+        time.sleep(2)  # CPU use needs a span of time: nothing to poll
+        # an idle monitor uses next to nothing; a spinning one all it gets of the 2 shared cores
+        assert cpu_seconds(m.pid) - cpu0 > 0.3, "C conmon does not spin"
         assert fifo_pending(fd) > 0, "C conmon read the rest after all"
         # the garbage stream: the FIFO stops draining for good
         stuck_at = None
