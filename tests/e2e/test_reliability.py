@@ -296,9 +296,10 @@ def test_full_disk_warns_once_keeps_draining_and_recovers(testbed, monitor_bin, 
             with pytest.raises(AssertionError, match="malformed"):
                 stream_bytes(m.log_path)
         else:
+            # whole records up to the brim (the monitor may still be draining the pipe: wait for it)
+            poll_until(lambda: os.path.getsize(m.log_path) > (512 << 10) - 8192, 10, what="the log to fill up")
+            assert os.path.getsize(m.log_path) <= 512 << 10
             stream_bytes(m.log_path)  # what did get written is whole records
-            size_full = os.path.getsize(m.log_path)
-            assert (512 << 10) - 8192 < size_full <= 512 << 10, size_full  # whole records up to the brim
         os.unlink(filler)
         open(os.path.join(ctl, "go"), "w").close()
         assert m.wait_exit_file(30) == 0
