@@ -266,7 +266,7 @@ def parse_args(argv):
     ap.add_argument("--rounds", type=int, default=None,
                     help=f"rounds (default {ROUNDS}; {QUICK_ROUNDS} with --quick); even keeps A B B A balanced")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds, workloads a tenth of the size")
-    ap.add_argument("--sections", default=",".join(defaults), help=f"comma-separated subset of {','.join(names)}")
+    ap.add_argument("--sections", default=",".join(defaults), help=f"comma-separated subset of {', '.join(names)}")
     ap.add_argument("--workloads", default=",".join(WORKLOAD_KEYS),
                     help=f"comma-separated subset of {','.join(WORKLOAD_KEYS)}")
     ap.add_argument("--generator", choices=("shell", "file"), default="shell",
