@@ -139,7 +139,7 @@ class K8sFileWriter:
         """
         from .logpath import check_log_path
         try:
-            check_log_path(self.path, self.allowlist)
+            check_log_path(self.path, self.allowlist, create=True)
             if self.rotate:
                 for i in range(self.max_files, 1, -1):
                     older = f"{self.path}.{i - 1}"

@@ -102,6 +102,34 @@ def test_world_writable_directory_is_refused(base, mode):
         check_log_path(os.path.join(logs, "ctr.log"), [])
 
 
+def test_own_existing_file_in_a_sticky_world_writable_directory_is_fine(base):
+    # CRI-O's exec probes: it creates /tmp/crio-log-<id>NNN empty, then runs the monitor on it.
+    tmp = mkdir(base / "tmp", 0o1777)
+    log = os.path.join(tmp, "crio-log-1")
+    open(log, "wb").close()
+    check_log_path(log, [])
+    with pytest.raises(LogPathError, match="world-writable"):  # but never made anew there (reopen)
+        check_log_path(log, [], create=True)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o757])
+def test_own_existing_file_in_a_world_writable_directory_without_sticky_bit_is_refused(base, mode):
+    logs = mkdir(base / "logs", mode)
+    log = os.path.join(logs, "ctr.log")
+    open(log, "wb").close()
+    with pytest.raises(LogPathError, match="world-writable"):
+        check_log_path(log, [])
+
+
+def test_foreign_file_in_a_sticky_directory_is_refused(base):
+    tmp = mkdir(base / "tmp", 0o1777)
+    log = os.path.join(tmp, "crio-log-1")
+    open(log, "wb").close()
+    os.chown(log, OTHER_UID, OTHER_UID)
+    with pytest.raises(LogPathError, match="world-writable"):
+        check_log_path(log, [])
+
+
 def test_group_writable_directory_is_fine(base):
     logs = mkdir(base / "logs", 0o770)
     check_log_path(os.path.join(logs, "ctr.log"), [])
