@@ -10,6 +10,7 @@
 #   make crio                 ... binary as $(PREFIX)/libexec/crio/conmon instead (no man page)
 #   make deb                  build/pyconmon_<version>_<arch>.deb (reproducible, see packaging/deb.py)
 #   make test | bench | bench-docs | lint | clean | uninstall
+#   make test-crio            the real CRI-O e2e tests alone (tests/crio/setup.sh)
 #
 # DESTDIR is honoured by every install target; the path compiled into the
 # binary is $(PREFIX)/lib/pyconmon, never the DESTDIR one.
@@ -96,7 +97,7 @@ STUB_DEFS := \
 	-DPYCONMON_VERSION_TEXT='$(VERSION_TEXT)'
 STUB_CMD := $(CC) -static $(CPPFLAGS) $(STUB_CFLAGS) $(STUB_DEFS) -o $(BUILDDIR)/stub/conmon launcher/stub.c $(LDFLAGS)
 
-.PHONY: all man install install-lib install-man podman crio deb uninstall test bench bench-docs lint clean \
+.PHONY: all man install install-lib install-man podman crio deb uninstall test test-crio bench bench-docs lint clean \
 	check-python FORCE
 
 all: $(BUILDDIR)/conmon $(BUILDDIR)/stub/conmon $(BUILDDIR)/conmon.8
@@ -192,6 +193,13 @@ deb: check-python
 
 test:
 	$(DEV_PYTHON) -m pytest -q tests
+
+# tests/crio/setup.sh builds crio and crictl (cached under /var/cache/pyconmon-crio),
+# runs `make crio PREFIX=/var/lib/pyconmon-crio/prefix` (where its `pyconmon`
+# runtime handler points) and starts CRI-O for the tests.
+test-crio:
+	bash tests/crio/setup.sh prepare
+	$(DEV_PYTHON) -m pytest -q tests/e2e/test_crio_real.py
 
 # e.g. make bench ARGS="--quick" (python3 bench/bench.py --help). A full run writes
 # docs/performance.{json,md} and README.md's Performance table; bench-docs only re-renders them.

@@ -15,9 +15,11 @@ no systemd):
   spoofs the sandbox and no monitor runs for it (``drop_infra_ctr``).
 - Host-network pods (``"network": 2``) need no CNI at all.
 - CRI-O keeps each container's bundle (the monitor's ``-b`` and cwd, with
-  ``conmon-pidfile``, ``ctl`` and ``oom``) and its ``state.json`` (which
-  holds the monitor's pid and start time) in
-  ``<runroot>/vfs-containers/<id>/userdata``.
+  ``conmon-pidfile``, ``ctl`` and ``oom``) in
+  ``<runroot>/vfs-containers/<id>/userdata``, and the persist dir (the
+  ``exit`` file, and CRI-O's ``state.json`` with the monitor's pid and start
+  time) in ``<root>/vfs-containers/<id>/userdata``.
+- ``crictl exec -s`` shows little of an ExecSync (see ``exec_sync``).
 """
 
 import collections
@@ -245,7 +247,7 @@ class Crio:
 
     def tracked_monitor(self, cid):
         """CRI-O's record of the monitor (``containerMonitorProcess`` in state.json): {pid, startTime}."""
-        with open(os.path.join(self.bundle(cid), "state.json")) as f:
+        with open(os.path.join(self.persist_dir(cid), "state.json")) as f:
             return json.load(f).get("containerMonitorProcess")
 
     def exec_sync(self, cid, *command, timeout=None):
