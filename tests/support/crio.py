@@ -194,7 +194,8 @@ class Crio:
         # The kubelet makes the container's log directory; CRI-O doesn't.
         os.makedirs(os.path.join(pod.config["log_directory"], name), exist_ok=True)
         # The pod's namespaces (a pod without infra container has no pod PID namespace to join).
-        cfg["linux"]["security_context"] = {"namespace_options": pod.config["linux"]["security_context"]["namespace_options"]}
+        pod_ns = pod.config["linux"]["security_context"]["namespace_options"]
+        cfg["linux"]["security_context"] = {"namespace_options": pod_ns}
         r = self.crictl("create", "--no-pull", pod.id, self._json_file(cfg), self._json_file(pod.config))
         return r.stdout.decode().strip()
 
