@@ -26,6 +26,7 @@ import os
 SYSCONFDIR = "/usr/local/etc"  # rewritten by `make install-lib` to $(SYSCONFDIR)
 ANNOTATION_PREFIX = "io.pyconmon."
 POLICIES = ("drop", "block")
+SYNC_POLICIES = ("none", "exit", "rotate")
 PRIORITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 _SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -111,6 +112,8 @@ SCHEMA: dict[tuple[str, str], tuple[str, object]] = {
     ("log", "burst"): ("log_burst", parse_size),
     ("log", "policy"): ("log_policy", _choice(POLICIES)),
     ("log", "allow_override"): ("log_allow_override", _boolean),
+    ("log", "buffer"): ("log_buffer", parse_size),
+    ("log", "sync"): ("log_sync", _choice(SYNC_POLICIES)),
     ("journald", "stderr_priority"): ("journald_stderr_priority", _priority),
     ("journald", "identifier"): ("journald_identifier", _identifier),
     ("metrics", "dir"): ("metrics_dir", _absolute_path),
@@ -141,6 +144,8 @@ class Settings:
     log_burst = 0  # bytes; 0: one second's worth
     log_policy = "drop"
     log_allow_override = True
+    log_buffer = 0  # bytes between reading and writing the log; 0: the loop writes itself
+    log_sync = "exit"
     journald_stderr_priority = 3
     journald_identifier: str | None = None  # None: the tag, else the name, else the short id
     metrics_dir: str | None = None  # None: no metrics file
@@ -244,6 +249,9 @@ def parse_file(path: str, data: bytes, settings: Settings | None = None) -> Sett
                 setattr(settings, attr, parse(value))  # type: ignore[operator]
             except ValueError as err:
                 raise SettingsError(f"{where(dotted)}: {dotted}: {err}") from None
+    if settings.log_sync == "rotate" and not settings.log_buffer:
+        raise SettingsError(f"{where('log.sync')}: log.sync = \"rotate\" needs log.buffer (the fsync at a rotation "
+                            "happens in the log writer thread, never on the read path)")
     settings.source = path
     return settings
 

@@ -107,6 +107,9 @@ def parse_records(text: bytes) -> list[tuple[bytes, bytes, bytes, bytes]]:
 class K8sFileWriter:
     """Appends records to one k8s-file log, reopening it at the size limit."""
 
+    takes_read_time = True  # write() takes the time the chunk was read (logbuffer.py)
+    sync_on_reopen = False  # fsync a file before starting the next one (log.sync = "rotate")
+
     def __init__(self, path: str, diag: Diagnostics, size_max: int = -1, rotate: bool = False,
                  max_files: int = 1, allowlist: list[str] | None = None) -> None:
         self.path = path
@@ -158,14 +161,16 @@ class K8sFileWriter:
             return
         self.diag.forget("reopen:" + self.path)
         self.rotations += 1
+        if self.sync_on_reopen:
+            self.sync()
         if self.fd >= 0:
             os.close(self.fd)
         self.fd = fd
         self.size = 0
 
     # -- writing -----------------------------------------------------------
-    def write(self, stream: int, data: bytes) -> None:
-        pieces = record_pieces(self.clock.stamp(), stream, data)
+    def write(self, stream: int, data: bytes, ns: int | None = None) -> None:
+        pieces = record_pieces(self.clock.stamp(ns), stream, data)
         total = sum(map(len, pieces))
         limit = self.size_max
         if limit <= 0 or self.size + total <= limit:

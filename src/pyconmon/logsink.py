@@ -14,9 +14,11 @@ from .options import Options
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings anyway
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Protocol
 
     from .config import Settings
+    from .loop import EventLoop
 
     class LogWriter(Protocol):
         def write(self, stream: int, data: bytes) -> None: ...
@@ -33,6 +35,7 @@ class LogSinks:
         self.diag = diag
         self.budget = global_max if global_max > 0 else -1
         self.over_budget = 0  # bytes dropped by --log-global-size-max (metrics)
+        self.sync_at_exit = True  # log.sync = "none" turns it off
 
     @classmethod
     def from_options(cls, opts: Options, diag: Diagnostics, settings: Settings | None = None) -> LogSinks:
@@ -54,7 +57,20 @@ class LogSinks:
                 writers.append(JournaldWriter(opts.cid, opts.name, opts.log_tag, opts.log_labels,
                                               not opts.no_partial_message, diag=diag, identifier=identifier,
                                               stderr_priority=settings.journald_stderr_priority if settings else 3))
-        return cls(writers, diag, opts.log_global_size_max)
+        sinks = cls(writers, diag, opts.log_global_size_max)
+        if settings is not None:
+            sinks.sync_at_exit = settings.log_sync != "none"
+            if settings.log_buffer > 0:
+                from .logbuffer import BufferedLogWriter
+                sinks.writers = [BufferedLogWriter(w, settings.log_buffer, settings.log_sync == "rotate")
+                                 for w in writers]
+        return sinks
+
+    def attach_loop(self, loop: EventLoop, on_full: Callable[[bool], None]) -> None:
+        """Buffered writers (log.buffer) tell ``on_full`` when reading must wait for the disk."""
+        for writer in self.writers:
+            if hasattr(writer, "attach_loop"):
+                writer.attach_loop(loop, on_full)
 
     def write(self, stream: int, data: bytes) -> None:
         if self.budget >= 0:
@@ -79,7 +95,7 @@ class LogSinks:
         """At exit: flush partial lines, fsync files unless --no-sync-log."""
         for writer in self.writers:
             writer.flush()
-            if sync and hasattr(writer, "sync"):
+            if sync and self.sync_at_exit and hasattr(writer, "sync"):
                 writer.sync()
 
     def close(self) -> None:

@@ -163,6 +163,8 @@ class Monitor:
                 stdio.on_pty = self._on_pty
             else:
                 stdio.make_pipes(opts.stdin)
+            if self.sinks is not None:
+                self.sinks.attach_loop(self.loop, lambda full: stdio.pause_output(full, "log"))
             limit = self.settings.log_limit() if self.settings is not None and not opts.exec_ else None
             if limit is not None:
                 from .ratelimit import apply_limit

@@ -100,6 +100,7 @@ class ContainerStdio:
         self.console: ConsoleSocket | None = None
         self.pty_master = -1
         self.output_paused = False
+        self._paused_by: set[str] = set()
         self.gate: BlockGate | None = None  # a `block` log rate limit, if any
         self._retry_timer: Timer | None = None
 
@@ -171,12 +172,18 @@ class ContainerStdio:
         for src in self.sources:
             self._resume_source(src)
 
-    def pause_output(self, paused: bool) -> None:
+    def pause_output(self, paused: bool, reason: str = "attach") -> None:
         """Stop (or resume) reading the container's output: backpressure from a slow reader.
 
-        The container then blocks on its full pipe or pty.  ``drain`` at exit
-        reads regardless.
+        Reasons (a slow attach client, a full log buffer) are independent:
+        reading resumes when none holds it.  The container blocks on its full
+        pipe or pty meanwhile.  ``drain`` at exit reads regardless.
         """
+        if paused:
+            self._paused_by.add(reason)
+        else:
+            self._paused_by.discard(reason)
+        paused = bool(self._paused_by)
         if paused == self.output_paused:
             return
         self.output_paused = paused

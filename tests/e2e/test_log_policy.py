@@ -147,7 +147,8 @@ def test_print_config(policy_conmon, config_file, tmp_path):
     assert r.returncode == 0, r.stderr
     assert path in r.stdout.splitlines()[0]
     doc = tomllib.loads(r.stdout)
-    assert doc["log"] == {"rate": 2 * MiB, "burst": 4 * MiB, "policy": "block", "allow_override": True}
+    assert doc["log"] == {"rate": 2 * MiB, "burst": 4 * MiB, "policy": "block", "allow_override": True,
+                          "buffer": 0, "sync": "exit"}
     config_file('[logs]\n')
     r = subprocess.run([policy_conmon, "--print-config"], capture_output=True, text=True, check=False)
     assert r.returncode == 1 and f"{path}:1: unknown table 'logs'" in r.stderr

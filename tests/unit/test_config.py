@@ -147,6 +147,17 @@ def test_print_config_is_toml_that_reads_back(tmp_path):
     settings = apply_annotations(Settings(), {"io.pyconmon.log.burst": "2M", "io.pyconmon.log.rate": "1k"})
     settings.journald_identifier = 'a "quoted" {name}'
     doc = tomllib.loads(settings.to_toml())
-    assert doc["log"] == {"rate": 1024, "burst": 2 << 20, "policy": "drop", "allow_override": True}
+    assert doc["log"] == {"rate": 1024, "burst": 2 << 20, "policy": "drop", "allow_override": True, "buffer": 0,
+                          "sync": "exit"}
     back = parse_file("/p", settings.to_toml().encode())
     assert back.journald_identifier == 'a "quoted" {name}' and back.log_burst == 2 << 20
+
+
+def test_log_buffer_and_sync_policy():
+    settings = parse_file("/p", b'[log]\nbuffer = "16M"\nsync = "rotate"\n')
+    assert (settings.log_buffer, settings.log_sync) == (16 << 20, "rotate")
+    assert parse_file("/p", b"").log_sync == "exit" and parse_file("/p", b"").log_buffer == 0
+    with pytest.raises(SettingsError, match=r'/p:2: log\.sync = "rotate" needs log\.buffer'):
+        parse_file("/p", b'[log]\nsync = "rotate"\n')
+    with pytest.raises(SettingsError, match=r"/p:1: log\.sync: must be one of none, exit, rotate"):
+        parse_file("/p", b'log.sync = "always"\n')

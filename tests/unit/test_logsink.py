@@ -72,3 +72,11 @@ def test_exactly_the_cap_is_not_a_drop():
     w = Writer()
     LogSinks([w], diag, 4).write(2, b"four")
     assert w.data[2] == b"four" and diag.messages == []
+
+
+def test_sync_policy_none_never_fsyncs():
+    a = Writer()
+    sinks = LogSinks([a], RecordingDiag())
+    sinks.sync_at_exit = False  # log.sync = "none"
+    sinks.finish(True)
+    assert (a.flushed, a.synced) == (1, 0)

@@ -1,0 +1,75 @@
+"""Issue 14: with ``log.buffer`` the disk never stalls the container.
+
+The monitor's own ``write``/``writev``/``fsync`` calls are delayed by
+``strace -e inject=...:delay_enter=...`` (a real slow disk, as far as the
+monitor can tell).  With a buffer the container writes its 8 MB and exits at
+once while the writer thread catches up, and every line reaches the log;
+without one (today's behaviour, the control) the same container waits for
+the disk.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from support.harness import pid_alive, poll_until, read_k8s_log, stream_text
+
+LINES = 1_000_000  # "%7d\n": 8 MB
+SCRIPT = f"seq 1000000 {1000000 + LINES - 1}"
+DELAY_US = 400_000  # per write, writev and fsync of the monitor
+
+pytestmark = pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed (see .ci/run)")
+
+
+def traced(pid):
+    """Every thread of ``pid`` has a tracer."""
+    for status in glob.glob(f"/proc/{pid}/task/*/status"):
+        with open(status) as f:
+            if "TracerPid:\t0\n" in f.read():
+                return False
+    return True
+
+
+def slow_disk(pid):
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(pid),
+                               "-e", "trace=write,writev,fsync", "-e",
+                               f"inject=write,writev,fsync:delay_enter={DELAY_US}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    poll_until(lambda: traced(pid), what="strace to attach to every thread of the monitor")
+    return tracer
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffer", "no-buffer"])
+def test_slow_disk_does_not_stall_the_container(testbed, policy_conmon, config_file, buffered):
+    if buffered:
+        config_file('[log]\nbuffer = "64M"\nsync = "rotate"\n')
+    m = testbed.run(policy_conmon, ["sh", "-c", SCRIPT], start=False, log_size_max=3_000_000)
+    tracer = slow_disk(m.monitor_pid())
+    try:
+        started = time.monotonic()
+        m.start_container()
+        poll_until(lambda: not pid_alive(m.container_pid), timeout=120, interval=0.02, what="the container to exit")
+        took = time.monotonic() - started
+        assert m.wait_exit_file(120) == 0
+        logged_at = time.monotonic() - started
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    # The log was rotated by size (3 MB): read back every file.
+    paths = [*sorted(glob.glob(m.log_path + ".*"), reverse=True), m.log_path]
+    records = [r for p in paths for r in read_k8s_log(p)]
+    if buffered:
+        assert took < 2.0, took  # 8 MB at its own speed
+        assert logged_at > took + 1.0  # ... while the writer thread took its time
+    else:
+        assert took > 2.0, took  # the control: the same disk stalls the container without a buffer
+    # size-based reopening truncates (no --log-rotate): the last file holds the newest records, whole
+    tail = stream_text(records).split(b"\n")
+    assert tail.pop() == b""
+    assert tail[-1] == b"%d" % (1000000 + LINES - 1)
+    assert tail == [b"%d" % n for n in range(int(tail[0]), 1000000 + LINES)]
+    assert os.path.getsize(m.log_path) <= 3_000_000
