@@ -224,3 +224,72 @@ def test_server_lost_before_the_runtime_classic_takes_over(testbed, stub, classi
             os.unlink(path)
         except OSError:
             pass
+
+
+@pytest.mark.parametrize("switch", ["environment", "mode file"])
+def test_classic_unless_switched_on(testbed, stub, classic, switch):
+    """PYCONMON_MODE=classic in the caller's environment wins over the mode file; a mode file not
+    saying "server" leaves the stub in classic mode (an exec of the classic monitor: same pid)."""
+    mode_file = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(stub)))), "mode")
+    with open(mode_file) as f:
+        assert f.read() == "server\n"
+    try:
+        if switch == "mode file":
+            with open(mode_file, "w") as f:
+                f.write("classic\n")
+        m = testbed.run(stub, LONG, env_extra={"PYCONMON_MODE": "classic"} if switch == "environment" else None)
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic)
+        assert proc_text(m.pid, "cmdline").split(b"\0")[0] == stub.encode()  # argv[0] as the caller gave it
+        runc_kill(m.cid)
+        assert m.wait_exit_file(10) == 137
+    finally:
+        with open(mode_file, "w") as f:
+            f.write("server\n")
+
+
+def test_signals_are_forwarded_to_the_container(testbed, stub):
+    m = testbed.run(stub, ["sh", "-c", 'trap "echo got-TERM; exit 7" TERM; echo ready; while :; do sleep 0.1; done'])
+    poll_until(lambda: [r.content for r in m.log_records()] == [b"ready"], what="ready")
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+    os.kill(m.pid, signal.SIGTERM)
+    assert m.wait_exit_file(10) == 7
+    assert [r.content for r in m.log_records()] == [b"ready", b"got-TERM"]
+    m.wait(10)
+
+
+def service_cgroup_dir():
+    """A new cgroup named like a systemd service, in a hierarchy this host has (v1 pids, or v2)."""
+    for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
+        if os.path.exists(os.path.join(root, "cgroup.procs")):
+            path = os.path.join(root, f"pcm-test-{os.getpid()}.service")
+            os.mkdir(path)
+            return path
+    pytest.skip("no cgroup hierarchy to make a *.service cgroup in")
+
+
+def test_caller_in_a_systemd_service_gets_classic(testbed, stub, classic, tmp_path):
+    """Podman inside quadlet/generate-systemd units: the monitor may become MainPID, so classic (ZYGOTE R5)."""
+    cg = service_cgroup_dir()
+    wrapper = tmp_path / "in-service"
+    wrapper.write_text(f'#!/bin/sh\necho $$ > {cg}/cgroup.procs && exec {stub} "$@"\n')
+    wrapper.chmod(0o755)
+    m = None
+    try:
+        m = testbed.run(str(wrapper), LONG)
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic)
+        assert f"{os.path.basename(cg)}\n".encode() in proc_text(m.pid, "cgroup")
+        runc_kill(m.cid)
+        assert m.wait_exit_file(10) == 137
+        m.wait(10)
+    finally:
+        if m is not None:
+            m.close()  # reaped and the container deleted: nothing of it is left in the cgroup
+        poll_until(lambda: _rmdir(cg), 10, what=f"{cg} empty")
+
+
+def _rmdir(path):
+    try:
+        os.rmdir(path)
+        return True
+    except OSError:
+        return False

@@ -177,3 +177,30 @@ def test_idle_server_leaves_a_socket_that_is_not_its_own(sock_dir: Path) -> None
 def test_peer_namespaces() -> None:
     assert peer_problem(os.getpid()) is None
     assert peer_problem(2**22 + 12345) == "namespaces unknown"  # no such process
+
+
+def test_a_peer_in_another_mount_namespace_goes_classic(server: Server, tmp_path: Path) -> None:
+    import ctypes
+    assert server.path is not None
+    packet = protocol.encode(protocol.HELLO, hello(tmp_path))
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
+                os._exit(4)
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            c.connect(server.path)
+            c.send(packet)
+            c.settimeout(10)
+            code = 0 if c.recv(4096) == protocol.encode(protocol.CLASSIC, [b"other mnt namespace"]) else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        server.loop.run_once(0.02)
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+    raise AssertionError("the peer got no answer")
