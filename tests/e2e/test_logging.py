@@ -494,7 +494,7 @@ def test_rotation_keeps_exactly_max_files(testbed, monitor_bin):
 
 
 def test_rotation_with_one_file_keeps_only_dot_1(testbed, monitor_bin):
-    skip_c(monitor_bin, "no --log-rotate/--log-max-files in 2.1.6 (test_differential.py::test_diagnostics_streams_and_prefixes)")
+    skip_c(monitor_bin, "no --log-rotate/--log-max-files in 2.1.6 (test_diagnostics_streams_and_prefixes)")
     log = os.path.join(testbed.workdir("logs"), "ctr.log")
     n = 30_000  # ~4 MB of records: three rotations
     m = run_podman(testbed, monitor_bin, numbered(n), [f"k8s-file:{log}"],
