@@ -205,6 +205,12 @@ def test_stuck_attach_client_stalls_nothing(testbed, monitor_bin):
         with pytest.raises(TimeoutError):
             m.wait_exit_file(5)
         assert container_state(m.cid)["status"] == "running"  # blocked writing to its stdout pipe
+        # the log and the other client stall with it
+        logged, delivered = os.path.getsize(m.log_path), len(reader.packets)
+        with pytest.raises(TimeoutError):
+            poll_until(lambda: (os.path.getsize(m.log_path), len(reader.packets)) != (logged, delivered), 2,
+                       what="the log or the reading client to get more")
+        assert logged < len(LINE_999) * lines // 2, logged
         stuck.close()
         subprocess.run([RUNC, "kill", m.cid, "KILL"], capture_output=True, timeout=30)
         assert m.wait_exit_file(30) == 137
