@@ -449,6 +449,7 @@ def test_caller_closes_sync_pipe_early(testbed, monitor_bin, style):
         m.start_container()
         poll_until(lambda: container_state(m.cid, m.runtime_root)["status"] == "stopped", what="container exit")
         assert read_exit_file(m.exit_file) is None
+        assert not os.path.exists(m.log_path) or m.log_lines() == []  # its "hi" went unlogged
         return
     m.start_container()
     assert m.wait_exit_file() == 5
