@@ -5,7 +5,8 @@
 - journald: after the monitor has exited a marker entry is sent and awaited
   (journald reads its socket in order, so everything before it is stored),
   then ``journalctl CONTAINER_ID_FULL=<cid> -o json --all`` rebuilds the
-  stream (CONTAINER_PARTIAL_MESSAGE=true entries joined).
+  streams (CONTAINER_PARTIAL_MESSAGE=true entries joined; PRIORITY 6 is
+  stdout, 3 stderr), each checked on its own.
 - attach: a separate Python process reads the SEQPACKET socket with an
   8193-byte buffer (MSG_TRUNC checked) and hashes stdout.
 """
@@ -83,13 +84,39 @@ def journal_barrier(timeout=120):
     journald_service.journal_entries({"PYCONMON_BENCH_BARRIER": token}, timeout=timeout)
 
 
+class _Rebuilt:
+    """One stream rebuilt from journal entries (CONTAINER_PARTIAL_MESSAGE=true pieces joined)."""
+
+    def __init__(self):
+        self.h = hashlib.sha256()
+        self.bytes = self.lines = self.partial = 0
+        self.last = b""
+
+    def add(self, msg, partial):
+        if partial:
+            self.partial += 1
+            self.h.update(msg)
+            self.bytes += len(msg)
+            return
+        if msg.endswith(b"\n"):
+            msg = msg[:-1]
+        self.lines += 1
+        self.h.update(msg + b"\n")
+        self.bytes += len(msg) + 1
+        self.last = msg
+
+    def result(self):
+        return {"sha256": self.h.hexdigest(), "bytes": self.bytes, "lines": self.lines,
+                "partial_records": self.partial, "last_line": self.last[-64:].decode(errors="replace")}
+
+
 def journal_stream(cid, timeout=600):
-    """Rebuild stdout from the journal entries of container ``cid`` (as k8s_stream)."""
+    """Rebuild stdout (PRIORITY 6) from the journal entries of container ``cid`` (as k8s_stream);
+    ``stderr``: the same for PRIORITY 3."""
     argv = ["journalctl", f"CONTAINER_ID_FULL={cid}", "-o", "json", "--all", "--no-pager", "-q",
             "--output-fields=MESSAGE,CONTAINER_PARTIAL_MESSAGE,PRIORITY"]
-    h = hashlib.sha256()
-    out_bytes = lines = records = partial = err_bytes = malformed = 0
-    last = b""
+    out, err = _Rebuilt(), _Rebuilt()
+    records = malformed = 0
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         for raw in p.stdout:
@@ -100,35 +127,35 @@ def journal_stream(cid, timeout=600):
                 msg = bytes(msg) if all(isinstance(x, int) for x in msg) else None
             elif isinstance(msg, str):
                 msg = msg.encode("utf-8", "surrogateescape")
-            if msg is None:
+            stream = {"6": out, "3": err}.get(e.get("PRIORITY"))
+            if msg is None or stream is None:
                 malformed += 1
                 continue
-            if e.get("PRIORITY") != "6":
-                err_bytes += len(msg)
-                continue
-            if e.get("CONTAINER_PARTIAL_MESSAGE") == "true":
-                partial += 1
-                h.update(msg)
-                out_bytes += len(msg)
-            else:
-                if msg.endswith(b"\n"):
-                    msg = msg[:-1]
-                lines += 1
-                h.update(msg + b"\n")
-                out_bytes += len(msg) + 1
-                last = msg
+            stream.add(msg, e.get("CONTAINER_PARTIAL_MESSAGE") == "true")
         p.wait(timeout)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    return {"sha256": h.hexdigest(), "bytes": out_bytes, "lines": lines, "records": records,
-            "partial_records": partial, "stderr_bytes": err_bytes,
-            "last_line": last[-64:].decode(errors="replace"), "malformed": malformed}
+    return dict(out.result(), records=records, partial_records=out.partial + err.partial, stderr_bytes=err.bytes,
+                stderr=err.result(), malformed=malformed)
 
 
-def check_stream(got, exp, what=""):
-    """Raise BenchFailure unless the rebuilt stream ``got`` is exactly ``exp`` (an Expected)."""
+def check_stream(got, exp, what="", stderr=None):
+    """Raise BenchFailure unless the rebuilt stream ``got`` is exactly ``exp`` (an Expected) and stderr
+    is empty, or (journald) ``got["stderr"]`` is exactly ``stderr``."""
+    problems = _problems(got, exp)
+    if stderr is not None:
+        problems += [f"stderr: {x}" for x in _problems(got["stderr"], stderr)]
+    elif got.get("stderr_bytes"):
+        problems.append(f"{got['stderr_bytes']} bytes on stderr")
+    if got.get("malformed"):
+        problems.append(f"{got['malformed']} malformed records")
+    if problems:
+        raise BenchFailure((what + ": " if what else "") + "; ".join(problems))
+
+
+def _problems(got, exp):
     problems = []
     if got["lines"] != exp.lines:
         problems.append(f"{got['lines']:,} of {exp.lines:,} lines")
@@ -138,12 +165,7 @@ def check_stream(got, exp, what=""):
         problems.append("content differs from the expected output")
     if exp.last_line is not None and got["last_line"] != exp.last_line:
         problems.append(f"last line {got['last_line']!r}, expected {exp.last_line!r}")
-    if got.get("stderr_bytes"):
-        problems.append(f"{got['stderr_bytes']} bytes on stderr")
-    if got.get("malformed"):
-        problems.append(f"{got['malformed']} malformed records")
-    if problems:
-        raise BenchFailure((what + ": " if what else "") + "; ".join(problems))
+    return problems
 
 
 ATTACH_CLIENT = r"""

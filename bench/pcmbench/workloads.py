@@ -9,6 +9,12 @@ Workloads are generated inside the container by busybox ``sh -c``:
   written once to the container's /tmp (tmpfs) with ``yes | head``, then
   ``cat`` 25 times (``yes | head`` alone runs at only ~200 MB/s).
 
+journald's own workloads (issue 13; journald stores only some 30,000
+entries a second, so they are smaller): ``seq 200000``; 100,000 lines of
+100 bytes; ``both``: ``seq 100000`` on stdout and on stderr at once (two
+processes, so the monitor sees the streams interleaved); and 20 MiB in
+64 KiB lines.
+
 ``scale`` divides every count (``--quick``: 10).  ``Expected`` is what a
 check compares the rebuilt stream with: sha256, bytes, lines, last line.
 """
@@ -27,13 +33,14 @@ class Expected(NamedTuple):
 
 
 class Workload:
-    def __init__(self, key, label, script, lines, line_bytes=None, seq=False):
+    def __init__(self, key, label, script, lines, line_bytes=None, seq=False, stderr=None):
         self.key = key
         self.label = label
         self.script = script
         self.lines = lines
         self.line_bytes = line_bytes  # fixed line length incl. newline; None for seq
         self.seq = seq
+        self.stderr = stderr  # a Workload: what the container writes to stderr, or None (nothing)
         self.id = f"{key}-{lines}"
         self._expected = {}
 
@@ -90,4 +97,19 @@ def make_workloads(scale):
     ]
 
 
-WORKLOAD_KEYS = ("seq", "100b", "64k")
+def make_journald_workloads(scale):
+    n_seq = 200_000 // scale
+    n_100 = 100_000 // scale
+    n_both = 100_000 // scale
+    both_err = Workload("both-stderr", f"{n_both:,} short lines (seq) on stderr", f"seq {n_both}", n_both, seq=True)
+    return [
+        Workload("seq", f"{n_seq:,} short lines (seq)", f"seq {n_seq}", n_seq, seq=True),
+        Workload("100b", f"{n_100:,} lines of 100 B", f"yes $(printf %099d 0) | head -c {n_100 * 100}",
+                 n_100, line_bytes=100),
+        Workload("both", f"{n_both:,} short lines on stdout and on stderr at once",
+                 f"seq {n_both} >&2 & seq {n_both}; wait", n_both, seq=True, stderr=both_err),
+        make_workloads(10 * scale)[2],
+    ]
+
+
+WORKLOAD_KEYS = ("seq", "100b", "64k", "both")  # both: journald only
