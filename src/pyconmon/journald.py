@@ -34,16 +34,16 @@ entry.  A sender blocked on a full *queue* is woken by every datagram
 journald takes: one sleep and wake-up per entry, which is most of C
 conmon's cost.  A sender blocked on its own *send buffer* (the bytes of its
 datagrams still in journald's queue) is woken only once that has drained
-to a quarter (the kernel's ``unix_writable``).  So small entries go on a
-socket whose SO_SNDBUF (8 KiB) holds seven to eleven of them: the send
-buffer, not the queue, fills first, and one wake-up lets several entries
-out while a few are still queued for journald (measured sending 200,000
-short lines: about 22,000 voluntary context switches instead of 105,000,
-and less than half the CPU).
-Bigger entries go on a second socket with the default buffer, so the
-EMSGSIZE-to-memfd limit stays where it was.  Both sockets are connected to
-the same journald socket and written one entry at a time, so entries reach
-its queue in order.
+to a quarter (the kernel's ``unix_writable``).  So entries go on
+one of three sockets by size, each with a send buffer that holds about
+eight of them (SO_SNDBUF 8, 32 and 128 KiB for entries up to 1, 4 and
+16 KiB and beyond): the send buffer, not the queue, fills first, and one
+wake-up lets several entries out while a few are still queued for journald
+(measured sending 200,000 short lines: about 22,000 voluntary context
+switches instead of 105,000, and less than half the CPU).  An entry too big
+for the largest buffer (only huge labels make one) takes the memfd path.
+All the sockets are connected to the same journald socket and written one
+entry at a time, so entries reach its queue in order.
 
 A slow journal is like a slow disk: the log must not lose lines, so the
 container is slowed instead, as with C conmon.  Sends wait at most WAIT_MS
@@ -71,8 +71,9 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 LINE_BUF = 8192  # the per-stream buffer: a MESSAGE is at most this many bytes
 WAIT_MS = 2000  # journald taking nothing for this long is stuck, not busy
 CONGESTED_S = 1.0  # how long to drop without waiting after a wait timed out
-SMALL_SNDBUF = 4096  # asked for the small-entry socket; Linux doubles it (8 KiB)
-SMALL_SHARE = 8  # entries up to SO_SNDBUF / 8 bytes count as small (~8 fit)
+SNDBUFS = (4096, 16384, 65536)  # SO_SNDBUF asked for per size class; Linux doubles it
+# Each socket takes entries up to an eighth of its (doubled) buffer, the last one all bigger ones.
+CLASS_MAX = tuple(2 * size // 8 for size in SNDBUFS[:-1])
 
 STDOUT, STDERR = 2, 3
 
@@ -153,9 +154,8 @@ class JournaldWriter:
         self._cont = [False, False]
         self._default_prio = (6, stderr_priority)  # stdout, stderr (pyconmon.toml journald.stderr_priority)
         self._prio = list(self._default_prio)
-        self._sock: _socket.socket | None = None  # small entries (connected: None until then)
-        self._big: _socket.socket | None = None  # bigger ones, opened when the first comes
-        self._small_max = 0
+        self._sock: _socket.socket | None = None  # for the smallest entries; None: not connected
+        self._bigger: list[_socket.socket | None] = [None] * (len(SNDBUFS) - 1)  # opened as needed
         self._congested_until = 0.0
         self._troubled: set[str] = set()
 
@@ -261,17 +261,17 @@ class JournaldWriter:
         self._congested_until = 0.0
 
     def _drop_socket(self) -> None:
-        for sock in (self._sock, self._big):
+        for sock in (self._sock, *self._bigger):
             if sock is not None:
                 sock.close()
-        self._sock = self._big = None
+        self._sock = None
+        self._bigger = [None] * len(self._bigger)
 
     def _open(self, sndbuf: int) -> _socket.socket:
         """A blocking socket to journald whose sends wait at most WAIT_MS; raises OSError."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
         try:
-            if sndbuf:
-                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, sndbuf)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, sndbuf)
             sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO,  # a struct timeval
                             _struct.pack("@ll", WAIT_MS // 1000, WAIT_MS % 1000 * 1000))
             sock.connect(self.socket_path)
@@ -281,25 +281,27 @@ class JournaldWriter:
         return sock
 
     def _connect(self) -> _socket.socket | None:
-        """The socket for small entries, or None (warned) when journald is not there."""
+        """The socket for the smallest entries, or None (warned) when journald is not there."""
         try:
-            sock = self._open(SMALL_SNDBUF)
+            sock = self._open(SNDBUFS[0])
         except OSError as e:
             self._warn(KEY_SOCKET, f"journald: cannot connect to {self.socket_path}: {e.strerror}; "
                                    "dropping log lines")
             return None
         self._sock = sock
-        self._small_max = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) // SMALL_SHARE
         return sock
 
     def _socket_for(self, payload: bytes) -> _socket.socket:
-        """Small entries go on the small socket, bigger ones on another with the default buffer."""
-        if len(payload) <= self._small_max:
+        """The socket of the payload's size class (opened when first needed; raises OSError)."""
+        size = len(payload)
+        if size <= CLASS_MAX[0]:
             assert self._sock is not None
             return self._sock
-        if self._big is None:
-            self._big = self._open(0)
-        return self._big
+        cls = next((i for i, limit in enumerate(CLASS_MAX) if size <= limit), len(CLASS_MAX))
+        sock = self._bigger[cls - 1]
+        if sock is None:
+            sock = self._bigger[cls - 1] = self._open(SNDBUFS[cls])
+        return sock
 
     def _send(self, payloads: list[bytes]) -> None:
         """Send entries in order, one datagram each; never raises.
@@ -315,7 +317,7 @@ class JournaldWriter:
             self._send_slowly(payloads, 0, None)
             return
         send = sock.send
-        small = self._small_max
+        small = CLASS_MAX[0]
         done = 0
         try:
             for payload in payloads:

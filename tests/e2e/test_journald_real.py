@@ -138,7 +138,7 @@ def test_entry_too_big_for_a_datagram_goes_by_memfd(journal: str, monkeypatch: p
         real(sock, payload)  # type: ignore[arg-type]
 
     monkeypatch.setattr(JournaldWriter, "_send_memfd", staticmethod(counting))
-    big = "B" * (300 * 1024)  # beyond the 208 KiB default socket send buffer
+    big = "B" * (300 * 1024)  # beyond the writer's largest send buffer (128 KiB)
     w = JournaldWriter(cid, None, None, [f"BIGLABEL={big}"], socket_path=journal)
     w.write(2, b"x" * 9000 + b"\nsmall\n")
     got = journal_entries({"CONTAINER_ID_FULL": cid}, count=3)

@@ -304,7 +304,7 @@ def test_journald_long_slow_and_unfinished_lines(testbed, monitor_bin, journal, 
 def test_journald_entry_bigger_than_a_datagram(testbed, monitor_bin, journal):
     """Labels making every entry ~300 KB: too big for any datagram, so they go in a sealed memfd."""
     skip_c(monitor_bin, "no --log-label")
-    with open("/proc/sys/net/core/wmem_default") as f:  # the writer's send buffer: the largest datagram
+    with open("/proc/sys/net/core/wmem_default") as f:  # 208 KiB here: more than pyconmon's largest send buffer
         wmem = int(f.read())
     size = 100_000  # one argument may be at most 128 KiB, all of them 2 MiB
     if wmem > 15 * size:

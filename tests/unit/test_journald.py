@@ -482,8 +482,9 @@ def test_stuck_journal_waits_once_then_drops(sockpath: str) -> None:
 
 
 def test_small_and_big_entries_stay_in_order(sockpath: str, rx: Receiver) -> None:
-    # Small entries and bigger ones go on two sockets to the same journald: the order is kept.
-    lines = [b"%d %s\n" % (i, b"x" * (3000 if i % 3 == 0 else 10)) for i in range(300)]
+    # Entries go on a socket per size class, all to the same journald: the order is kept.
+    sizes = (10, 3000, 10, 7000, 10, 500, 7000)
+    lines = [b"%d %s\n" % (i, b"x" * sizes[i % len(sizes)]) for i in range(300)]
     w = JournaldWriter(CID, None, None, [], socket_path=sockpath)
     w.write(2, b"".join(lines))
     assert messages(rx.wait(300)) == lines
