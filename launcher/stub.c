@@ -528,8 +528,8 @@ static void fork_runtime(char **f, int nf, int *fds, int nfds)
                 fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
         }
         if (strchr(flags, 'A') && g_start_fd >= 0) {
-            char b;
-            while (read(g_start_fd, &b, 1) < 0 && errno == EINTR)
+            static char b[8192]; /* one message, whatever its length, as conmon's read(BUF_SIZE) */
+            while (read(g_start_fd, b, sizeof b) < 0 && errno == EINTR)
                 ;
         }
         if (g_old_oom[0])
@@ -739,8 +739,8 @@ int main(int argc, char **argv)
 
     /* Served.  From here on: what C conmon does before it runs the runtime. */
     if (g_start_fd >= 0) {
-        char b;
-        while (read(g_start_fd, &b, 1) < 0 && errno == EINTR)
+        static char b[8192]; /* one message, whatever its length, as conmon's read(BUF_SIZE) */
+        while (read(g_start_fd, b, sizeof b) < 0 && errno == EINTR)
             ;
         if (!has_arg(argc, argv, "--exec-attach")) {
             close(g_start_fd);

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 SIGQUIT, SIGKILL, SIGPIPE, SIGTERM, SIGCHLD, SIGINT = 3, 9, 13, 15, 17, 2
 FORWARDED = (SIGTERM, SIGINT, SIGQUIT)
 UNKNOWN_STATUS = -1  # in statuses: the process ended but could not be reaped
+START_MESSAGE_MAX = 8192  # conmon reads each start-pipe message with one read() of BUF_SIZE
 
 
 class Children:
@@ -117,7 +118,7 @@ class LocalChildren(Children):
                     except OSError:
                         pass
                 if start_fd is not None:
-                    os.read(start_fd, 1)  # exec-attach: wait until the caller has attached
+                    os.read(start_fd, START_MESSAGE_MAX)  # exec-attach: wait until the caller has attached
                 if old_oom is not None:
                     set_oom_score_adj(old_oom)
                 if rewrite_listen_pid:

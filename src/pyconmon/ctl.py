@@ -2,6 +2,8 @@
 
 ``ctl`` carries lines ``TYPE A B``: type 1 resizes the pty to A rows and B
 columns, type 2 reopens the log files.  ``winsz`` carries ``ROWS COLS``.
+Lines are read as conmon's ``sscanf`` reads them: fields beyond those are
+ignored, so callers that send ``1 ROWS COLS EXTRA`` get their resize.
 
 Facts that shape this module:
 
@@ -17,6 +19,7 @@ Facts that shape this module:
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 from .diag import Diagnostics
@@ -53,26 +56,49 @@ class LineBuffer:
         return lines
 
 
+# sscanf's %d: optional blanks, an optional sign, decimal digits; the rest of the line is not looked at
+_SCANF_INT = re.compile(rb"[ \t\v\f\r]*([+-]?[0-9]+)", re.ASCII)
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+def scan_ints(line: bytes, count: int) -> tuple[int, ...]:
+    """The first ``count`` numbers of ``line`` as conmon's ``sscanf(line, "%d %d ...")`` reads them.
+
+    Anything after them is ignored (``1 2 2 3`` is type 1, 2 rows, 2 columns);
+    a line with fewer numbers is refused.  Unlike C, each line stands alone
+    (sscanf reads on into the next line) and a number beyond ``int`` is refused.
+    """
+    values: list[int] = []
+    pos = 0
+    for _ in range(count):
+        match = _SCANF_INT.match(line, pos)
+        if match is None:
+            raise ValueError(f"expected {count} numbers, got {len(values)}")
+        value = int(match.group(1))
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValueError(f"{match.group(1)[:20]!r} is out of range")
+        values.append(value)
+        pos = match.end()
+    return tuple(values)
+
+
+def _check_size(rows: int, cols: int) -> None:
+    if not (0 <= rows <= MAX_SIZE and 0 <= cols <= MAX_SIZE):
+        raise ValueError(f"size {rows}x{cols} out of range")
+
+
 def parse_ctl_line(line: bytes) -> tuple[int, int, int]:
-    """``TYPE A B`` → integers; ValueError for anything malformed or out of range."""
-    words = line.split()
-    if len(words) != 3:
-        raise ValueError(f"expected 3 fields, got {len(words)}")
-    kind, a, b = (int(w) for w in words)  # int() rejects non-digits with ValueError
+    """``TYPE A B`` → integers; ValueError for what conmon refuses (its checks, in its order)."""
+    kind, a, b = scan_ints(line, 3)
     if kind not in (1, 2):
         raise ValueError(f"unknown message type {kind}")
-    if kind == 1 and not (0 <= a <= MAX_SIZE and 0 <= b <= MAX_SIZE):
-        raise ValueError(f"size {a}x{b} out of range")
+    _check_size(a, b)  # conmon checks the size for a reopen too
     return kind, a, b
 
 
 def parse_winsz_line(line: bytes) -> tuple[int, int]:
-    words = line.split()
-    if len(words) != 2:
-        raise ValueError(f"expected 2 fields, got {len(words)}")
-    rows, cols = (int(w) for w in words)
-    if not (0 <= rows <= MAX_SIZE and 0 <= cols <= MAX_SIZE):
-        raise ValueError(f"size {rows}x{cols} out of range")
+    rows, cols = scan_ints(line, 2)
+    _check_size(rows, cols)
     return rows, cols
 
 

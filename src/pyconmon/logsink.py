@@ -39,24 +39,32 @@ class LogSinks:
 
     @classmethod
     def from_options(cls, opts: Options, diag: Diagnostics, settings: Settings | None = None) -> LogSinks:
+        """Open every driver's writer.  As conmon, the k8s-file logs are opened before the
+        last option checks (:func:`~pyconmon.options.validate_log_options`), which may
+        still raise ConfigError."""
+        from .options import ConfigError, validate_log_options
         writers: list[LogWriter] = []
-        journald = False  # `-l journald -l journald:` is still one journal writer
         for driver in opts.log_drivers:
             if driver.kind == "k8s-file":
                 from .k8sfile import K8sFileWriter
                 writers.append(K8sFileWriter(driver.path, diag, opts.log_size_max, opts.log_rotate,
                                              opts.log_max_files, opts.log_allowlist_dirs))
-            elif driver.kind == "journald" and not journald:
-                journald = True
-                from .journald import JournaldWriter
-                assert opts.cid
-                identifier = None
-                if settings is not None and settings.journald_identifier:
-                    identifier = settings.journald_identifier.format(
-                        id=opts.cid[:12], full_id=opts.cid, name=opts.name or "", tag=opts.log_tag or "")
-                writers.append(JournaldWriter(opts.cid, opts.name, opts.log_tag, opts.log_labels,
-                                              not opts.no_partial_message, diag=diag, identifier=identifier,
-                                              stderr_priority=settings.journald_stderr_priority if settings else 3))
+        try:
+            validate_log_options(opts)
+        except ConfigError:
+            for writer in writers:
+                writer.close()
+            raise
+        if "journald" in opts.log_kinds():  # `-l journald -l journald:` is still one journal writer
+            from .journald import JournaldWriter
+            assert opts.cid
+            identifier = None
+            if settings is not None and settings.journald_identifier:
+                identifier = settings.journald_identifier.format(
+                    id=opts.cid[:12], full_id=opts.cid, name=opts.name or "", tag=opts.log_tag or "")
+            writers.append(JournaldWriter(opts.cid, opts.name, opts.log_tag, opts.log_labels,
+                                          not opts.no_partial_message, diag=diag, identifier=identifier,
+                                          stderr_priority=settings.journald_stderr_priority if settings else 3))
         sinks = cls(writers, diag, opts.log_global_size_max)
         if settings is not None:
             sinks.sync_at_exit = settings.log_sync != "none"

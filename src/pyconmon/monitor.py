@@ -9,10 +9,11 @@ process and one :class:`~pyconmon.loop.EventLoop`.
 
 Facts that shape it:
 
-* The runtime's stderr is the container's stderr pipe.  The pipes are read
-  only after the runtime child has exited: on failure what is there is the
-  runtime's error (reported on the sync pipe, not logged, as conmon does);
-  on success it is container output and goes to the log.
+* The runtime's stderr is the container's stderr pipe.  While the runtime
+  runs, that pipe is read into memory (never left to fill up: a runtime
+  blocked on it would never exit); on failure its start is the runtime's
+  error (reported on the sync pipe, not logged, as conmon does); on success
+  it is output and goes to the log ahead of what follows.
 * Forking, reaping and signals are process-wide, so the monitor leaves them
   to a *children* object (``pyconmon.children``): this process in classic
   mode, the per-container stub in server mode.  Waits are ``yield``s of
@@ -26,7 +27,7 @@ from __future__ import annotations
 import _signal
 import os
 
-from .children import FORWARDED, UNKNOWN_STATUS, Children, LocalChildren
+from .children import FORWARDED, START_MESSAGE_MAX, UNKNOWN_STATUS, Children, LocalChildren
 from .diag import Diagnostics
 from .exitfiles import exit_code_from_status, write_exit_files
 from .loop import EventLoop
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
     from .stdio import ContainerStdio
 
 SIGKILL, SIGPIPE, SIGINT = 9, 13, 2
-RUNTIME_ERR_MAX = 8192
 
 
 class Fatal(Exception):
@@ -218,26 +218,6 @@ class Monitor:
             return 0
         return pid if pid > 0 else 0
 
-    def _runtime_stderr(self) -> str:
-        """What the runtime wrote on the stderr pipe (read before any pumping)."""
-        if self.stdio is None:
-            return ""
-        chunks = []
-        size = 0
-        for src in self.stdio.sources:
-            if src.stream != 3 or src.is_pty:
-                continue
-            while size < RUNTIME_ERR_MAX:
-                try:
-                    data = os.read(src.fd, RUNTIME_ERR_MAX - size)
-                except OSError:
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-                size += len(data)
-        return b"".join(chunks).decode("utf-8", "replace")
-
     # -- the sequence ------------------------------------------------------------
     def run(self) -> int:
         """The whole sequence in this process's own loop; the exit status."""
@@ -276,6 +256,7 @@ class Monitor:
             self.diag.use_stderr = False
         if self.stdio is not None:
             self.stdio.close_child_ends()
+            self.stdio.collect_runtime_stderr()
         if self.start_fd is not None:
             os.close(self.start_fd)  # the child has its own copy for the second byte
             self.start_fd = None
@@ -297,7 +278,7 @@ class Monitor:
             self.sync.send(-1, "Runtime did not set up terminal")
             raise Fatal("Runtime did not set up terminal")
         if not pid:
-            message = self._runtime_stderr() or f"Failed to read the container pid from {opts.container_pidfile}"
+            message = self._runtime_error() or f"Failed to read the container pid from {opts.container_pidfile}"
             self.sync.send(-1, message)
             raise Fatal(f"Failed to read the container pid from {opts.container_pidfile}")
         self.container_pid = pid
@@ -308,6 +289,7 @@ class Monitor:
         self._watch_oom()
         self._watch_exit(pid)
         if self.stdio is not None:
+            self.stdio.release_runtime_stderr()
             self.stdio.watch_output()
         if self.metrics is not None:
             self.metrics.start()
@@ -331,8 +313,11 @@ class Monitor:
     def _watch_exit(self, pid: int) -> None:
         self.children.watch_exit(pid)
 
+    def _runtime_error(self) -> str:
+        return self.stdio.runtime_error() if self.stdio is not None else ""
+
     def _runtime_failed(self, code: int) -> int:
-        message = self._runtime_stderr()
+        message = self._runtime_error()
         text = f"Failed to create container: exit status {code}"
         self.sync.send(-1, message or text)
         self.diag.error(text)
@@ -474,8 +459,12 @@ def run(opts: Options) -> int:
         diag.error(str(err))
         SyncPipe(sync_fd, key).send(-1, str(err))
         return 1
+    from .options import ConfigError
     try:
         sinks = LogSinks.from_options(opts, diag, settings)
+    except ConfigError as err:  # conmon's last option checks come after opening the k8s-file
+        diag.error(err.text)
+        return 1
     except (OSError, LogPathError) as err:
         diag.error(f"Failed to open log file: {err}")
         # Podman and CRI-O read errors from the sync pipe, not from our stderr.
@@ -484,7 +473,7 @@ def run(opts: Options) -> int:
 
     if start_fd is not None and not resumed:
         try:
-            os.read(start_fd, 1)
+            os.read(start_fd, START_MESSAGE_MAX)  # one message, whatever its length, as conmon
         except OSError as err:
             diag.error(f"Failed to read from the start pipe: {err.strerror}")
     if start_fd is not None and not opts.exec_attach:
@@ -507,6 +496,10 @@ def run(opts: Options) -> int:
     elif opts.conmon_pidfile:
         write_file_atomic(opts.conmon_pidfile, str(os.getpid()).encode())
 
+    if opts.exec_attach and attach_fd is None:
+        # conmon's wording and place: after the fork, so without --sync the caller sees status 0.
+        diag.error("--attach specified but _OCI_ATTACHPIPE was not set")
+        return 1
     keep = {fd for fd in (sync_fd, attach_fd, start_fd) if fd is not None}
     inherited = [fd for fd in inherited_at_start if fd not in keep]
     preserved = set(range(3, 3 + preserved_fd_count(opts)))

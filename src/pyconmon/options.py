@@ -23,6 +23,7 @@ __all__ = [
     "parse_args",
     "shown_options",
     "validate",
+    "validate_log_options",
 ]
 
 # kinds of options
@@ -70,8 +71,6 @@ OPTION_TABLE: tuple[tuple[str, str, int, str, str], ...] = (
     ("runtime-arg", "", ARRAY, "runtime_args", "Additional arg to pass to the runtime (repeatable)"),
     ("runtime-opt", "", ARRAY, "runtime_opts", "Additional opts to pass to the create, restore or exec command"),
     ("sdnotify-socket", "", STR, "sdnotify_socket", "Path to the host's sd-notify socket to relay messages to"),
-    ("seccomp-notify-socket", "", STR, "seccomp_notify_socket", "Not supported; accepted for compatibility"),
-    ("seccomp-notify-plugins", "", STR, "seccomp_notify_plugins", "Not supported; accepted for compatibility"),
     ("socket-dir-path", "", STR, "socket_dir_path", "Location of container attach sockets"),
     ("stdin", "i", FLAG, "stdin", "Open up a pipe to pass stdin to the container"),
     ("sync", "", FLAG, "sync", "Keep the main conmon process as its child by only forking once"),
@@ -156,8 +155,6 @@ class Options:
     restore: str | None = None
     runtime: str | None = None
     sdnotify_socket: str | None = None
-    seccomp_notify_socket: str | None = None
-    seccomp_notify_plugins: str | None = None
     socket_dir_path: str | None = None
     stdin = False
     sync = False
@@ -266,30 +263,51 @@ def parse_args(argv: list[str]) -> Options:
     return opts
 
 
-def _parse_log_paths(opts: Options) -> list[LogDriver]:
-    drivers: list[LogDriver] = []
-    for entry in opts.log_paths:
-        if not entry:
-            raise ConfigError("log-path must not be empty")
-        kind, colon, path = entry.partition(":")
-        if not colon:
-            # A bare driver name (Podman passes `-l journald`) or a bare path (k8s-file).
-            if entry in ("journald", "passthrough", "none", "off", "null"):
-                kind, path = entry, ""
-            else:
-                kind, path = "k8s-file", entry
-        if kind in ("off", "null"):
-            kind = "none"
-        if kind not in ("k8s-file", "journald", "passthrough", "none"):
-            raise ConfigError(f"No such log driver {kind}")
-        if kind == "k8s-file" and not path:
+def _parse_log_path(entry: str) -> LogDriver:
+    """One ``--log-path`` as conmon's ``parse_log_path`` reads it.
+
+    conmon splits with ``strtok(":")``: empty fields vanish, the driver is the
+    first field and the path the second (``k8s-file:/a:b`` logs to ``/a``);
+    ``:PATH`` is a k8s-file path, and a bare word that is no driver name is one too.
+    """
+    fields = [f for f in entry.split(":") if f]
+    if not fields:
+        raise ConfigError("log-path must not be empty")
+    driver = fields[0]
+    path = fields[1] if len(fields) > 1 else None
+    if path is None and entry.startswith(":"):
+        driver, path = "k8s-file", driver
+    if driver in ("none", "off", "null"):
+        return LogDriver("none", "")
+    if driver in ("passthrough", "journald"):
+        return LogDriver(driver, "")
+    if driver == "k8s-file":
+        if path is None:
             raise ConfigError("k8s-file requires a filename")
-        drivers.append(LogDriver(kind, path))
-    return drivers
+        return LogDriver("k8s-file", path)
+    if path is None and ":" not in entry:
+        return LogDriver("k8s-file", driver)
+    raise ConfigError(f"No such log driver {driver}")
+
+
+def _check_runtime(path: str) -> None:
+    """conmon checks only ``access(path, X_OK)``: a directory passes (root may search it)."""
+    if os.access(path, os.X_OK):
+        return
+    try:
+        os.stat(path)
+        reason = os.strerror(13)  # it exists, so access() said EACCES
+    except OSError as err:
+        reason = err.strerror or str(err)
+    raise ConfigError(f"Runtime path {path} is not valid: {reason}")
 
 
 def validate(opts: Options, cwd: str | None = None) -> None:
-    """Apply conmon's checks and defaults; raise ConfigError on the first failure."""
+    """conmon's checks before anything is opened, in its order (cli.c ``process_cli``).
+
+    The first failure raises ConfigError.  The checks that conmon makes only
+    after it has opened the k8s-file log are in :func:`validate_log_options`.
+    """
     if not opts.cid:
         raise ConfigError("Container ID not provided. Use --cid", prefix="conmon: ")
     if opts.log_level is not None:
@@ -297,10 +315,6 @@ def validate(opts: Options, cwd: str | None = None) -> None:
         if level is None:
             raise ConfigError(f"No such log level {opts.log_level}")
         opts.log_level_num = level
-    for ident, what in ((opts.cid, "--cid"), (opts.cuuid, "--cuuid")):
-        # conmon would write <exit-dir>/<cid> outside the exit dir: refuse.
-        if ident is not None and ("/" in ident or ident in (".", "..") or "\0" in ident):
-            raise ConfigError(f"Invalid {what} {ident!r}: must not contain '/' or be '.' or '..'")
     if opts.exec_ and opts.restore:
         raise ConfigError("Cannot use 'exec' and 'restore' at the same time")
     if opts.exec_attach and not opts.exec_:
@@ -311,12 +325,17 @@ def validate(opts: Options, cwd: str | None = None) -> None:
         raise ConfigError("Container UUID not provided. Use --cuuid")
     if not opts.runtime:
         raise ConfigError("Runtime path not provided. Use --runtime")
-    if not os.path.isfile(opts.runtime) or not os.access(opts.runtime, os.X_OK):
-        raise ConfigError(f"Runtime path {opts.runtime} is not valid")
+    _check_runtime(opts.runtime)
     if opts.exec_ and not opts.exec_process_spec:
         raise ConfigError("Exec process spec path not provided. Use --exec-process-spec")
+    if cwd is None:
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            raise ConfigError("Failed to get working directory") from None
     if opts.exit_delay < 0:
         raise ConfigError("Delay before invoking exit command must be greater than or equal to 0")
+    # conmon 2.2's rotation options (2.1.6 has none): before the log drivers
     if opts.log_max_files < 0:
         raise ConfigError(f"conmon: log-max-files must be non-negative, got {opts.log_max_files}")
     if opts.log_rotate and opts.log_max_files < 1:
@@ -324,32 +343,42 @@ def validate(opts: Options, cwd: str | None = None) -> None:
                           f"got {opts.log_max_files}")
     if not opts.log_paths:
         raise ConfigError("Log driver not provided. Use --log-path")
-    opts.log_drivers = _parse_log_paths(opts)
-    kinds = opts.log_kinds()
-    if kinds == {"k8s-file"}:
-        if opts.log_tag:
-            raise ConfigError("k8s-file doesn't support --log-tag")
-        if opts.log_labels:
-            raise ConfigError("k8s-file doesn't support --log-label")
-    for label in opts.log_labels:
-        lname, eq, _value = label.partition("=")
-        if not eq:
-            raise ConfigError(f"Container labels must be in format LABEL=VALUE (no '=' in '{label}')")
-        if not lname or not all(c in _LABEL_CHARS for c in lname):
-            raise ConfigError(
-                "Container label names must contain only uppercase letters, numbers and underscore "
-                f"(in '{lname}')"
-            )
-    if "journald" in kinds and len(opts.cid) <= 12:
-        raise ConfigError("Container ID must be longer than 12 characters")
-    if cwd is None:
-        cwd = os.getcwd()
+    opts.log_drivers = [_parse_log_path(entry) for entry in opts.log_paths]
+    for ident, what in ((opts.cid, "--cid"), (opts.cuuid, "--cuuid")):
+        # pyconmon only: conmon would write <exit-dir>/<cid> outside the exit dir.
+        if ident is not None and ("/" in ident or ident in (".", "..") or "\0" in ident):
+            raise ConfigError(f"Invalid {what} {ident!r}: must not contain '/' or be '.' or '..'")
     if opts.bundle is None and not opts.exec_:
         opts.bundle = cwd
     if opts.container_pidfile is None:
         opts.container_pidfile = os.path.join(cwd, f"pidfile-{opts.cid}")
     if opts.socket_dir_path is None:
         opts.socket_dir_path = "/var/run/crio"
+
+
+def validate_log_options(opts: Options) -> None:
+    """The checks conmon makes after opening the k8s-file log (ctr_logging.c), in its order."""
+    kinds = opts.log_kinds()
+    journald = "journald" in kinds
+    if "k8s-file" in kinds and not journald:
+        if opts.log_tag:
+            raise ConfigError("k8s-file doesn't support --log-tag")
+        if opts.log_labels:
+            raise ConfigError("k8s-file doesn't support --log-label")
+    if not journald:
+        return  # conmon looks at the labels only for journald
+    assert opts.cid
+    if len(opts.cid) <= 12:
+        raise ConfigError("Container ID must be longer than 12 characters")
+    for label in opts.log_labels:
+        if label.startswith("="):
+            raise ConfigError(f"Container labels must be in format LABEL=VALUE (no LABEL present in '{label}')")
+        if label.count("=") != 1:
+            raise ConfigError("Container labels must be in format LABEL=VALUE "
+                              f"(none or more than one '=' present in '{label}')")
+        if not all(c in _LABEL_CHARS for c in label.partition("=")[0]):
+            raise ConfigError("Container label names must contain only uppercase letters, numbers and underscore "
+                              f"(in '{label}')")
 
 
 _LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")

@@ -205,8 +205,13 @@ class StubSession:
             return "metrics"  # they give the monitor process's own memory and CPU
         from .logpath import LogPathError
         from .logsink import LogSinks
+        if opts.exec_attach and "_OCI_ATTACHPIPE" not in environ:
+            return "no attach pipe"  # classic reports it as C does
+        from .options import ConfigError as LastCheckError
         try:
             self.sinks = LogSinks.from_options(opts, diag, settings)
+        except LastCheckError:
+            return "configuration error"  # conmon's checks after opening the k8s-file: classic reports them
         except (OSError, LogPathError):
             return "log file"  # classic reports it exactly as C does
         self.opts, self.environ, self.diag, self.settings = opts, environ, diag, settings

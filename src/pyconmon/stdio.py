@@ -18,6 +18,11 @@ Facts that shape this module:
   at once after a flood.
 * The runtime's console socket passes the pty master as SCM_RIGHTS with one
   fd and a name string as payload.
+* The stderr pipe is also the runtime's stderr.  While the runtime runs it is
+  read into memory (a runtime that writes more than the pipe holds and then
+  fails would otherwise block forever, and the monitor with it): on failure
+  its first 8 KiB are the error for the sync pipe; on success the bytes go
+  to the log first, in order, as if they had waited in the pipe.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ STDIN_QUEUE_MAX = 1 << 20
 PACE_BELOW = 64 << 10  # a read shorter than this means the container writes slowly...
 PACE_S = 0.001  # ...so wait this long before the next read
 PTY_RETRY = 0.1
+RUNTIME_ERR_MAX = 8192  # what the sync pipe gets of a failed runtime's stderr, as conmon
+EARLY_STDERR_MAX = 8 << 20  # stderr kept while the runtime runs; beyond it, dropped with a warning
 
 
 def _enlarge_pipe(fd: int) -> None:
@@ -103,6 +110,9 @@ class ContainerStdio:
         self._paused_by: set[str] = set()
         self.gate: BlockGate | None = None  # a `block` log rate limit, if any
         self._retry_timer: Timer | None = None
+        self._early: list[bytes] = []  # stderr read while the runtime ran
+        self._early_size = 0
+        self._early_dropped = 0
 
     # -- set-up --------------------------------------------------------------
     def make_pipes(self, want_stdin: bool) -> None:
@@ -166,6 +176,59 @@ class ContainerStdio:
             if fd >= 0:
                 os.close(fd)
         self.child_fds = [-1, -1, -1]
+
+    # -- the runtime's stderr ---------------------------------------------------
+    def collect_runtime_stderr(self) -> None:
+        """While the runtime runs: read the stderr pipe into memory, so it never fills up."""
+        for src in self._stderr_pipes():
+            self.loop.add(src.fd, EPOLLIN, lambda ev, s=src: self._on_early_stderr(s))  # type: ignore[misc]
+
+    def _on_early_stderr(self, src: OutputSource) -> None:
+        self._collect(src)
+
+    def _stderr_pipes(self) -> list[OutputSource]:
+        return [src for src in self.sources if src.stream == STDERR and not src.is_pty and not src.eof]
+
+    def _collect(self, src: OutputSource, limit: int = READ_CHUNK) -> bool:
+        """Read one chunk of early stderr; False once nothing more is there now (EAGAIN or EOF)."""
+        try:
+            data = os.read(src.fd, limit)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._source_eof(src)
+            return False
+        room = EARLY_STDERR_MAX - self._early_size
+        if room > 0:
+            self._early.append(data[:room])
+            self._early_size += min(room, len(data))
+        self._early_dropped += max(0, len(data) - max(room, 0))
+        return True
+
+    def _stop_collecting(self) -> None:
+        for src in self._stderr_pipes():
+            self.loop.remove(src.fd)
+
+    def runtime_error(self) -> str:
+        """After the runtime failed: the first 8 KiB of what it wrote to stderr."""
+        self._stop_collecting()
+        for src in self._stderr_pipes():
+            while self._early_size < RUNTIME_ERR_MAX and self._collect(src, RUNTIME_ERR_MAX):
+                pass
+        return b"".join(self._early)[:RUNTIME_ERR_MAX].decode("utf-8", "replace")
+
+    def release_runtime_stderr(self) -> None:
+        """After the runtime succeeded: what it (or an exec'd process) wrote is output, logged first."""
+        self._stop_collecting()
+        early, self._early, self._early_size = self._early, [], 0
+        for data in early:
+            self.on_output(STDERR, data)
+        if self._early_dropped:
+            self.diag.warn(f"Dropped {self._early_dropped} bytes of stderr written while the runtime ran "
+                           f"(more than {EARLY_STDERR_MAX})")
+            self._early_dropped = 0
 
     # -- output --------------------------------------------------------------
     def watch_output(self) -> None:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from support import LAUNCHER, RUNC
+from support import C_CONMON, LAUNCHER, RUNC
 from support.harness import (
     Deadline,
     container_state,
@@ -24,10 +24,13 @@ from support.harness import (
     parse_k8s_timestamp,
     pid_alive,
     poll_until,
+    proc_cmdline,
     read_exit_file,
     read_k8s_log,
     wait_pid_gone,
 )
+from support.validation import ROWS as VALIDATION_ROWS
+from support.validation import c_line, pyconmon_line
 
 # --------------------------------------------------------------------------
 # helpers
@@ -316,29 +319,33 @@ def _nothing_started(m):
     assert container_state(m.cid) is None
 
 
-@pytest.mark.parametrize("kind", ["missing", "not-executable", "directory"])
+@pytest.mark.parametrize("kind", ["missing", "not-executable"])
 def test_runtime_invalid(testbed, kind):
     wd = testbed.workdir()
     rt = os.path.join(wd, "rt")
     if kind == "not-executable":
         write_script(rt, "#!/bin/sh\nexit 0\n")
         os.chmod(rt, 0o644)
-    elif kind == "directory":
-        os.mkdir(rt)
     m = testbed.run(LAUNCHER, ["true"], start=False, read_sync=False, extra_args=["-r", rt])
     assert m.first_status == 1
-    err = stderr_of(m)
-    assert err == f"[conmon:e]: Runtime path {rt} is not valid\n".encode() or \
-        err.startswith(f"[conmon:e]: Runtime path {rt} is not valid:".encode()), err
+    reason = "No such file or directory" if kind == "missing" else "Permission denied"
+    assert stderr_of(m) == f"[conmon:e]: Runtime path {rt} is not valid: {reason}\n".encode()
     _nothing_started(m)
 
 
-def test_runtime_invalid_c_conmon_same_prefix(testbed):
-    """C conmon words it the same way (it appends strerror without a colon)."""
-    rt = os.path.join(testbed.workdir(), "nope")
-    m = testbed.run("/usr/bin/conmon", ["true"], start=False, read_sync=False, extra_args=["-r", rt])
-    assert m.first_status == 1
-    assert stderr_of(m).startswith(f"[conmon:e]: Runtime path {rt} is not valid".encode())
+def test_runtime_directory_passes_validation(testbed, monitor_bin):
+    """conmon checks only access(X_OK), which a directory passes: the run fails, not the validation."""
+    rt = testbed.workdir()
+    m = testbed.run(monitor_bin, ["true"], start=False, read_sync=False, extra_args=["-r", rt])
+    assert m.first_status == 0, m.describe()  # forked as for any valid command line
+    msg = m.sync.read(10)
+    if monitor_bin == LAUNCHER:
+        assert msg is not None and msg["data"] == -1 and f"Failed to exec {rt}" in msg["message"], msg
+    else:
+        assert msg is None  # C conmon's runtime child exits 127 silently: the caller sees EOF
+    m.wait(10)
+    assert read_exit_file(m.exit_file) is None
+    assert container_state(m.cid) is None
 
 
 FAILING_RUNTIME = """#!/bin/sh
@@ -360,16 +367,36 @@ def test_runtime_fails(testbed, monitor_bin):
     assert not os.listdir(m.exit_dir)
 
 
-def test_runtime_fails_with_lots_of_stderr(testbed):
-    """pyconmon only: a runtime that writes more than a pipe holds before failing is reported, not
-    waited for forever (C conmon 2.1.6 reads the stderr pipe only after the runtime exits: deadlock)."""
-    rt = write_script(os.path.join(testbed.workdir(), "rt"),
-                      "#!/bin/sh\nhead -c 100000 /dev/zero | tr '\\0' e >&2\necho final >&2\nexit 1\n")
-    m = testbed.run(LAUNCHER, ["true"], start=False, extra_args=["-r", rt])
+FLOODING_RUNTIME = "#!/bin/sh\nhead -c 10485760 /dev/zero | tr '\\0' e >&2\necho final >&2\nexit 1\n"
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipes", "tty"])
+def test_runtime_fails_with_10_mib_of_stderr(testbed, terminal):
+    """A runtime that writes 10 MiB to stderr (more than the 1 MiB pipe, or the 64 KiB one with -t)
+    and fails is reported with its first 8 KiB: the monitor drains the pipe while it waits."""
+    rt = write_script(os.path.join(testbed.workdir(), "rt"), FLOODING_RUNTIME)
+    m = testbed.run(LAUNCHER, ["true"], start=False, terminal=terminal, extra_args=["-r", rt], deadline=30)
     assert m.first_status == 0
     assert m.sync_msg == {"data": -1, "message": "e" * 8192}, m.describe()  # the first 8 KiB
+    assert m.sync.read(5) is None
     m.wait(10)
     assert not os.listdir(m.exit_dir)
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipes", "tty"])
+def test_runtime_fails_with_10_mib_of_stderr_conmon(testbed, terminal):
+    """[conmon] C conmon 2.1.6 reads the stderr pipe only after the runtime has exited, and the
+    runtime never exits while the pipe is full: nothing on the sync pipe, both stay blocked."""
+    rt = write_script(os.path.join(testbed.workdir(), "rt"), FLOODING_RUNTIME)
+    m = testbed.run(C_CONMON, ["true"], start=False, terminal=terminal, extra_args=["-r", rt], read_sync=False)
+    assert m.first_status == 0
+    with pytest.raises(TimeoutError):
+        m.read_sync(5)  # pyconmon answers within a second here (the test above)
+    assert pid_alive(m.pid), "C conmon is expected to hang, not exit"
+    with open(f"/proc/{m.pid}/task/{m.pid}/children") as f:
+        children = [int(p) for p in f.read().split()]
+    assert any(rt.encode() in proc_cmdline(p) for p in children), "the runtime is expected not to have exited"
+    m.close()
 
 
 def test_runtime_fails_crio_legacy_key(testbed, monitor_bin):
@@ -390,70 +417,56 @@ def test_runtime_fails_sync_mode_status(testbed):
 
 
 # --------------------------------------------------------------------------
-# validation errors, through the launcher
+# validation errors: the whole table in C conmon's order, both monitors
 
 
-def _base(tmp, **drop):
-    args = {"-c": "c" * 64, "-u": "c" * 64, "-r": RUNC, "-l": f"k8s-file:{tmp}/log"}
-    for k in drop:
-        args.pop({"cid": "-c", "cuuid": "-u", "runtime": "-r", "log": "-l"}[k])
-    out = []
-    for k, v in args.items():
-        out += [k, v]
-    return out
+def _refuse(monitor, argv_of, wd):
+    """Run a refused command line in ``wd``: (status, stdout, stderr, files it created)."""
+    argv = argv_of(str(wd))
+    before = set(os.listdir(wd))
+    r = subprocess.run([monitor, *argv], check=False, capture_output=True, timeout=30, cwd=wd,
+                       stdin=subprocess.DEVNULL, env={"PATH": os.environ["PATH"]})
+    return r.returncode, r.stdout, r.stderr, set(os.listdir(wd)) - before
 
 
-VALIDATION = [
-    # (id, args builder(tmp), expected stderr line)
-    ("no-cid", lambda t: _base(t, cid=1), "conmon: Container ID not provided. Use --cid"),
-    ("no-cuuid", lambda t: _base(t, cuuid=1), "[conmon:e]: Container UUID not provided. Use --cuuid"),
-    ("no-runtime", lambda t: _base(t, runtime=1), "[conmon:e]: Runtime path not provided. Use --runtime"),
-    ("no-log-path", lambda t: _base(t, log=1), "[conmon:e]: Log driver not provided. Use --log-path"),
-    ("exec-no-spec", lambda t: [*_base(t), "-e"],
-     "[conmon:e]: Exec process spec path not provided. Use --exec-process-spec"),
-    ("exec-and-restore", lambda t: [*_base(t), "-e", "--exec-process-spec", f"{t}/p", "--restore", t],
-     "[conmon:e]: Cannot use 'exec' and 'restore' at the same time"),
-    ("attach-no-exec", lambda t: [*_base(t), "--exec-attach", "--api-version"],
-     "[conmon:e]: Attach can only be specified with exec"),
-    ("attach-legacy", lambda t: [*_base(t), "-e", "--exec-attach", "--exec-process-spec", f"{t}/p"],
-     "[conmon:e]: Attach can only be specified for a non-legacy exec session"),
-    ("exit-delay", lambda t: [*_base(t), "--exit-delay", "-1"],
-     "[conmon:e]: Delay before invoking exit command must be greater than or equal to 0"),
-    ("empty-log-path", lambda t: [*_base(t, log=1), "-l", ""], "[conmon:e]: log-path must not be empty"),
-    ("k8s-no-file", lambda t: [*_base(t, log=1), "-l", "k8s-file:"], "[conmon:e]: k8s-file requires a filename"),
-    ("bad-driver", lambda t: [*_base(t, log=1), "-l", "bogus:/x"], "[conmon:e]: No such log driver bogus"),
-    ("k8s-tag", lambda t: [*_base(t), "--log-tag", "x"], "[conmon:e]: k8s-file doesn't support --log-tag"),
-    ("k8s-label", lambda t: [*_base(t), "--log-label", "A=b"], "[conmon:e]: k8s-file doesn't support --log-label"),
-    ("short-cid-journald", lambda t: ["-c", "abc", "-u", "abc", "-r", RUNC, "-l", "journald:"],
-     "[conmon:e]: Container ID must be longer than 12 characters"),
-    ("label-format", lambda t: [*_base(t, log=1), "-l", "journald:", "--log-label", "NOEQUALS"],
-     "[conmon:e]: Container labels must be in format LABEL=VALUE"),
-    ("label-name", lambda t: [*_base(t, log=1), "-l", "journald:", "--log-label", "lower=x"],
-     "[conmon:e]: Container label names must contain only uppercase letters, numbers and underscore"),
-    ("log-level", lambda t: [*_base(t), "--log-level", "loud"], "[conmon:e]: No such log level loud"),
-    ("max-files-negative", lambda t: [*_base(t), "--log-max-files", "-1"],
-     "[conmon:e]: conmon: log-max-files must be non-negative, got -1"),
-    ("max-files-rotate", lambda t: [*_base(t), "--log-rotate", "--log-max-files", "0"],
-     "[conmon:e]: conmon: log-max-files must be at least 1 when log-rotate is enabled, got 0"),
-    ("unknown-option", lambda t: [*_base(t), "--bogus"], "conmon: option parsing failed: Unknown option --bogus"),
-    ("missing-value", lambda t: [*_base(t), "--exit-dir"],
-     "conmon: option parsing failed: Missing argument for --exit-dir"),
-    ("bad-int", lambda t: [*_base(t), "--timeout", "soon"],
-     "conmon: option parsing failed: Cannot parse integer value \u201csoon\u201d for --timeout"),
-]
+@pytest.mark.parametrize("row", VALIDATION_ROWS, ids=lambda r: r.id)
+def test_validation_in_c_conmons_order(tmp_path, row):
+    """Each row breaks one check and every later one it can (tests/support/validation.py): the first
+    error must be C conmon's.  Rows C conmon 2.1.6 has run against it too: the same status, its
+    line (its own prefix and strerror form), and the same files left behind (conmon opens the
+    k8s-file log before its last checks)."""
+    wd = tmp_path / "pyconmon"
+    wd.mkdir()
+    status, out, err, created = _refuse(LAUNCHER, row.argv, wd)
+    assert status == 1, (out, err)
+    assert out == b""
+    want = pyconmon_line(row, wd)
+    if row.py_prefix:
+        assert err.decode().startswith(want) and err.count(b"\n") == 1, err
+    else:
+        assert err.decode() == want + "\n"
+    if not row.in_216:
+        return
+    cwd = tmp_path / "conmon"
+    cwd.mkdir()
+    c_status, c_out, c_err, c_created = _refuse(C_CONMON, row.argv, cwd)
+    assert c_status == 1, (c_out, c_err)
+    want_c = (c_line(row, cwd) + "\n").encode()
+    if want_c.startswith(b"conmon: option parsing failed"):
+        assert (c_out, c_err) == (want_c, b"")  # g_print: C conmon's option errors go to stdout
+    else:
+        assert (c_out, c_err) == (b"", want_c)
+    assert created == c_created
 
 
-@pytest.mark.parametrize("builder,expected", [(b, e) for _, b, e in VALIDATION], ids=[i for i, _, _ in VALIDATION])
-def test_validation_error(tmp_path, builder, expected):
-    before = set(os.listdir(tmp_path))
-    r = subprocess.run([LAUNCHER, *builder(str(tmp_path))], check=False, capture_output=True, timeout=30,
-                       cwd=tmp_path, stdin=subprocess.DEVNULL)
-    assert r.returncode == 1, r
-    err = r.stderr.decode()
-    assert err.startswith(expected), err
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert r.stdout == b""
-    assert set(os.listdir(tmp_path)) == before, "a refused command line created files"
+@pytest.mark.parametrize("opt", ["--seccomp-notify-socket", "--seccomp-notify-plugins"])
+def test_seccomp_notify_options_parsed_by_c_conmon_216(tmp_path, opt):
+    """[conmon] 2.1.6 still parses them (it goes on to the next check); 2.2 no longer has them, and
+    pyconmon refuses them as unknown options (the table above)."""
+    status, out, err, _ = _refuse(C_CONMON, lambda t: [opt, "x"], tmp_path)
+    assert (status, out, err) == (1, b"", b"conmon: Container ID not provided. Use --cid\n")
+    status, out, err, _ = _refuse(LAUNCHER, lambda t: [opt, "x"], tmp_path)
+    assert (status, out, err) == (1, b"", f"conmon: option parsing failed: Unknown option {opt}\n".encode())
 
 
 @pytest.mark.parametrize("var", ["_OCI_SYNCPIPE", "_OCI_STARTPIPE"])

@@ -136,8 +136,10 @@ def wait_ready(client):
 
 
 @pytest.mark.parametrize("fifo,pieces", [("ctl", ["1 40 100\n"]), ("winsz", ["40 100\n"]),
-                                         ("ctl", ["1 4", "0 10", "0\n"]), ("ctl", ["1 2 3\n1 40 100\n"])],
-                         ids=["ctl", "winsz", "ctl-split", "ctl-two-lines"])
+                                         ("ctl", ["1 4", "0 10", "0\n"]), ("ctl", ["1 2 3\n1 40 100\n"]),
+                                         ("ctl", ["1 40 100 2 3\n"]), ("winsz", ["40 100 7\n"])],
+                         ids=["ctl", "winsz", "ctl-split", "ctl-two-lines", "ctl-extra-fields",
+                              "winsz-extra-fields"])
 def test_resize_seen_by_stty(testbed, monitor_bin, fifo, pieces):
     """[conmon] ctl-two-lines: C conmon 2.1.6 parses the first line of a read once per line in it
     (sscanf on the buffer start): it applies 2x3 twice and never 40x100, so the script gives up
@@ -507,6 +509,50 @@ def test_exec_attach_waits_for_second_start_byte(testbed, monitor_bin, sleeper):
     assert client.read_until_eof(10) == {2: b"first\n"}
     assert e.wait_exit_file() == 0
     assert e.read_sync(10) == {"data": 0}
+
+
+def test_exec_attach_start_messages_of_any_length(testbed, monitor_bin, sleeper):
+    """The upstream suite's sequence: a byte-stream start pipe (a FIFO there) and two multi-byte
+    messages. conmon reads each message with one read() before its fork and before the runtime
+    starts the exec: the exec neither runs nor writes its log until the second message."""
+    log = os.path.join(testbed.workdir(), "exec.log")
+    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", "echo 'Hello from exec!'"], wait=False,
+                     start_kind="stream", extra_args=["-l", f"k8s-file:{log}"])
+    assert e.write_start(b"start conmon\n")
+    e.wait_first(10)
+    assert e.attach_pipe.read(10) == {"data": 0}, e.describe()
+    with pytest.raises(TimeoutError):
+        e.read_sync(1.0)  # a second passes: the runtime child still waits for the second message
+    assert read_pidfile(e.pidfile) is None
+    with open(log, "rb") as f:
+        assert f.read() == b""
+    client = e.attach()
+    assert e.write_start(b"start attach\n")
+    assert e.read_sync(10)["data"] > 0, e.describe()
+    assert client.read_until_eof(10) == {2: b"Hello from exec!\n"}
+    assert e.wait_exit_file() == 0
+    with open(log, "rb") as f:
+        assert f.read().endswith(b" stdout F Hello from exec!\n")
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "detached"])
+def test_exec_attach_without_attach_pipe(testbed, monitor_bin, sleeper, sync):
+    """``--exec-attach`` with no ``_OCI_ATTACHPIPE``: conmon's error, after its fork (so a caller
+    without ``--sync`` sees status 0 and the error from the daemon child), and nothing runs."""
+    e = testbed.exec(monitor_bin, sleeper, ["sh", "-c", "echo ran"], wait=False, attach_pipe=False,
+                     extra_args=["--sync"] if sync else [])
+    assert "_OCI_ATTACHPIPE" not in e.env
+    assert e.write_start()
+    assert e.wait_first(10) == (1 if sync else 0)
+    assert e.read_sync(10) is None  # EOF: the monitor is gone without a word on the sync pipe
+    assert e.wait_stdio_eof(10)
+    err = e.stderr
+    assert err.startswith(b"[conmon:e]: --attach specified but _OCI_ATTACHPIPE was not"), err
+    assert err.count(b"\n") == 1, err
+    if monitor_bin == LAUNCHER:
+        assert err == b"[conmon:e]: --attach specified but _OCI_ATTACHPIPE was not set\n"
+    assert read_pidfile(e.pidfile) is None
+    assert read_exit_file(e.exit_file) is None
 
 
 def test_exec_attach_first_bytes_repeatedly(testbed, monitor_bin, sleeper):

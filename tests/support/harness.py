@@ -979,8 +979,11 @@ def run_exec(conmon, container, args, *, style="podman", workdir=None, terminal=
              timeout=None, detach=False, attach=True, log_path=None, argv=None, extra_args=(),
              env=None, env_extra=None, exit_command=None, session_id=None, preserve_fds=(),
              first_stdin=None, first_stdout=None, first_stderr=None, deadline=DEFAULT_TIMEOUT,
-             wait=True, tracker=None):
+             wait=True, tracker=None, start_kind=None, attach_pipe=True):
     """Exec ``args`` in a running ``container`` (a Monitor from run_monitor) like Podman or CRI-O.
+
+    ``start_kind`` replaces the start pipe's kind (``"stream"``: a byte stream,
+    as a FIFO is); ``attach_pipe=False`` leaves ``_OCI_ATTACHPIPE`` out.
 
     Podman (``podman exec``, PODMAN.md 3.2/5.2): exec bundle
     ``<bundle>/<session>``, start byte, wait first, read ``{"data": 0}`` from
@@ -1028,7 +1031,8 @@ def run_exec(conmon, container, args, *, style="podman", workdir=None, terminal=
                 for x in exit_command[1:]:
                     argv += ["--exit-command-arg", x]
         base_env = podman_env()
-        kinds = {"sync_kind": "seqpacket", "start_kind": "seqpacket", "attach_kind": "seqpacket"}
+        kinds = {"sync_kind": "seqpacket", "start_kind": "seqpacket",
+                 "attach_kind": "seqpacket" if attach_pipe else None}
         cwd, setpgroup, bundle = ebundle, True, ebundle
     elif style == "crio":
         tmp = _mk(os.path.join(workdir, f"exec-{secrets.token_hex(4)}"))
@@ -1057,6 +1061,8 @@ def run_exec(conmon, container, args, *, style="podman", workdir=None, terminal=
         cwd, setpgroup, bundle = workdir, False, None
     else:
         raise ValueError(style)
+    if start_kind is not None:
+        kinds["start_kind"] = start_kind
     if env is not None:
         base_env = dict(env)
     if env_extra:

@@ -13,11 +13,38 @@ def test_valid_lines():
     assert parse_winsz_line(b"50 132") == (50, 132)
 
 
-@pytest.mark.parametrize("line", [b"", b"1", b"1 2", b"3 1 1", b"1 -1 5", b"1 1001 5", b"x y z", b"1 2 3 4",
-                                  b"\xff\xfe 1 1", b"1 24 80abc"])
+# conmon reads a line with sscanf("%d %d %d"): whatever follows the numbers is ignored
+@pytest.mark.parametrize("line,parsed", [
+    (b"1 2 2 3", (1, 2, 2)),  # extra fields: the first two numbers after the type (callers rely on it)
+    (b"1 24 80abc", (1, 24, 80)),
+    (b"1 24 80.5", (1, 24, 80)),
+    (b" \t1  24\t80 ", (1, 24, 80)),
+    (b"+1 +24 +80", (1, 24, 80)),
+    (b"2 0 0 junk", (2, 0, 0)),
+    (b"1 1000 0", (1, 1000, 0)),
+])
+def test_ctl_lines_as_sscanf_reads_them(line, parsed):
+    assert parse_ctl_line(line) == parsed
+
+
+@pytest.mark.parametrize("line,parsed", [(b"50 132 7", (50, 132)), (b"50 132x", (50, 132)), (b"+5 6", (5, 6))])
+def test_winsz_lines_as_sscanf_reads_them(line, parsed):
+    assert parse_winsz_line(line) == parsed
+
+
+# what conmon refuses: fewer than three numbers, another type, a size outside 0..1000 (for a reopen too)
+@pytest.mark.parametrize("line", [b"", b"1", b"1 2", b"1 2x 3", b"3 1 1", b"0 1 1", b"1 -1 5", b"1 1001 5",
+                                  b"2 1001 0", b"x y z", b"\xff\xfe 1 1", b"1 1_0 2", b"1 0x10 2",
+                                  b"1 \xd9\xa3 2", b"- 1 2", b"1 99999999999 2"])
 def test_bad_ctl_lines(line):
     with pytest.raises(ValueError):
         parse_ctl_line(line)
+
+
+@pytest.mark.parametrize("line", [b"", b"5", b"5x 6", b"-1 5", b"5 1001", b"\xff 5 5"])
+def test_bad_winsz_lines(line):
+    with pytest.raises(ValueError):
+        parse_winsz_line(line)
 
 
 def test_line_buffer_partial_and_many():

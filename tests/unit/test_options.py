@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyconmon.options import ConfigError, UsageError, parse_args, validate
+from pyconmon.options import ConfigError, UsageError, parse_args, validate, validate_log_options
+from support.validation import ROWS, pyconmon_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCHER = os.path.join(ROOT, "bin", "pyconmon")
@@ -61,42 +62,61 @@ def base(*extra):
     return ["-c", CID, "-u", CID, "-r", "/bin/true", "-l", "k8s-file:/tmp/x.log", *extra]
 
 
+def checked(argv, cwd="/tmp"):
+    """What the program prints for ``argv`` before it starts anything (cli.main's wording), or None."""
+    try:
+        opts = parse_args(argv)
+        validate(opts, cwd=cwd)
+        validate_log_options(opts)
+    except UsageError as err:
+        return f"conmon: option parsing failed: {err}"
+    except ConfigError as err:
+        return f"{err.prefix}{err.text}"
+    return None
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if not r.opens], ids=lambda r: r.id)
+def test_validation_in_c_conmons_order(tmp_path, row):
+    """The shared table (tests/support/validation.py): each row breaks one check and later ones."""
+    assert checked(row.argv(str(tmp_path)), cwd=str(tmp_path)) == pyconmon_line(row, tmp_path)
+
+
+@pytest.mark.parametrize("argv", [
+    ["-c", CID, "-u", CID, "-r", "/tmp", "-l", "none:"],  # a directory is a runtime to conmon
+    ["-c", CID, "-u", CID, "-r", "/bin/true", "-l", "none:", "--log-label", "=x", "--log-tag", "t"],
+    ["-c", CID, "-u", CID, "-r", "/bin/true", "-l", "passthrough:", "--log-label", "a=b=c"],
+    ["-c", CID, "-u", CID, "-r", "/bin/true", "-l", "k8s-file:/tmp/x", "-l", "journald:", "--log-tag", "t",
+     "--log-label", "A_1=x y"],
+    ["-c", "short", "-u", "x", "-r", "/bin/true", "-l", "none:", "--log-tag", "t"],
+])
+def test_accepted_as_conmon_accepts(argv):
+    """conmon looks at labels (and the id's length) only for journald, and at the tag only for k8s-file alone."""
+    assert checked(argv) is None
+
+
 @pytest.mark.parametrize("argv,text", [
-    ([], "Container ID not provided. Use --cid"),
-    (["-c", CID], "Container UUID not provided. Use --cuuid"),
-    (["-c", CID, "-u", CID], "Runtime path not provided. Use --runtime"),
-    (["-c", CID, "-u", CID, "-r", "/nonexistent"], "Runtime path /nonexistent is not valid"),
-    (["-c", CID, "-u", CID, "-r", "/etc/passwd"], "Runtime path /etc/passwd is not valid"),
-    (["-c", CID, "-u", CID, "-r", "/bin/true"], "Log driver not provided. Use --log-path"),
-    (base("-e"), "Exec process spec path not provided. Use --exec-process-spec"),
-    (base("-e", "--restore", "x"), "Cannot use 'exec' and 'restore' at the same time"),
-    (base("--exec-attach"), "Attach can only be specified with exec"),
-    (base("-e", "--exec-attach", "--exec-process-spec", "x"),
-     "Attach can only be specified for a non-legacy exec session"),
-    (base("--exit-delay", "-1"), "Delay before invoking exit command must be greater than or equal to 0"),
-    (base("-l", ""), "log-path must not be empty"),
-    (base("-l", "k8s-file:"), "k8s-file requires a filename"),
-    (base("-l", "foo:bar"), "No such log driver foo"),
-    (base("--log-tag", "t"), "k8s-file doesn't support --log-tag"),
-    (base("--log-label", "A=b"), "k8s-file doesn't support --log-label"),
-    (base("-l", "journald:", "--log-label", "Ab=c"),
-     "Container label names must contain only uppercase letters, numbers and underscore (in 'Ab')"),
-    (base("-l", "journald:", "--log-label", "AB"), "Container labels must be in format LABEL=VALUE (no '=' in 'AB')"),
-    (["-c", "short", "-u", "x", "-r", "/bin/true", "-l", "journald:"],
-     "Container ID must be longer than 12 characters"),
-    (base("--log-level", "loud"), "No such log level loud"),
-    (base("--log-max-files", "-2"), "conmon: log-max-files must be non-negative, got -2"),
-    (base("--log-rotate", "--log-max-files", "0"),
-     "conmon: log-max-files must be at least 1 when log-rotate is enabled, got 0"),
     (["-c", "../etc", "-u", "x", "-r", "/bin/true", "-l", "none:"],
      "Invalid --cid '../etc': must not contain '/' or be '.' or '..'"),
     (["-c", CID, "-u", "a/b", "-r", "/bin/true", "-l", "none:"],
      "Invalid --cuuid 'a/b': must not contain '/' or be '.' or '..'"),
 ])
-def test_validation_errors(argv, text):
+def test_pyconmon_only_refusals(argv, text):
     with pytest.raises(ConfigError) as err:
         validate(parse_args(argv), cwd="/tmp")
     assert err.value.text == text
+
+
+@pytest.mark.parametrize("entry,parsed", [
+    ("k8s-file:/a", ("k8s-file", "/a")), ("/var/log/x", ("k8s-file", "/var/log/x")),
+    ("bogus", ("k8s-file", "bogus")), (":/a", ("k8s-file", "/a")), ("k8s-file::/a", ("k8s-file", "/a")),
+    ("k8s-file:/a:b", ("k8s-file", "/a")),  # strtok: the path ends at the next colon, as in conmon
+    ("journald", ("journald", "")), ("journald:/ignored", ("journald", "")), ("passthrough:", ("passthrough", "")),
+    ("none", ("none", "")), ("off:", ("none", "")), ("null:x", ("none", "")),
+])
+def test_log_path_forms(entry, parsed):
+    o = parse_args([*base()[:6], "-l", entry])
+    validate(o, cwd="/tmp")
+    assert [(d.kind, d.path) for d in o.log_drivers] == [parsed]
 
 
 def test_defaults():

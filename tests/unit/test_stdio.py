@@ -117,6 +117,53 @@ def test_drain_reads_everything_left(h):
     assert all(s.eof for s in h.stdio.sources)
 
 
+def _write_in_thread(fd: int, data: bytes) -> threading.Thread:
+    """A writer that blocks while the pipe is full, as a runtime does."""
+    t = threading.Thread(target=lambda: os.write(fd, data), daemon=True)
+    t.start()
+    return t
+
+
+def test_runtime_stderr_beyond_the_pipe_is_drained_while_it_runs(h):
+    """A runtime writing 10 MiB to stderr (ten pipes full) is never blocked: the failure keeps 8 KiB."""
+    h.stdio.make_pipes(want_stdin=False)
+    _, _, cerr = h.stdio.child_fds
+    h.stdio.collect_runtime_stderr()
+    writer = _write_in_thread(cerr, b"x" * 100 + b"e" * (10 << 20))
+    h.run_until(lambda: not writer.is_alive(), timeout=20)
+    assert h.stdio.runtime_error() == "x" * 100 + "e" * (8192 - 100)
+    assert h.output == []  # a failed runtime's words go to the sync pipe, never to the log
+
+
+def test_runtime_stderr_of_a_successful_runtime_is_logged_first_in_order(h):
+    h.stdio.make_pipes(want_stdin=False)
+    _, cout, cerr = h.stdio.child_fds
+    h.stdio.collect_runtime_stderr()
+    os.write(cerr, b"runtime warning\n")
+    h.run_until(lambda: h.stdio._early_size == 16)
+    os.write(cerr, b"container says\n")  # still in the pipe when the runtime has exited
+    os.write(cout, b"out\n")
+    h.stdio.release_runtime_stderr()
+    assert h.output == [(STDERR, b"runtime warning\n")]
+    h.stdio.watch_output()
+    h.run_until(lambda: h.stream(STDERR) == b"runtime warning\ncontainer says\n" and h.stream(STDOUT) == b"out\n")
+    assert h.diag.messages == []
+
+
+def test_runtime_stderr_beyond_the_bound_is_dropped_with_a_warning(h, monkeypatch):
+    monkeypatch.setattr("pyconmon.stdio.EARLY_STDERR_MAX", 1000)
+    h.stdio.make_pipes(want_stdin=False)
+    _, _, cerr = h.stdio.child_fds
+    h.stdio.collect_runtime_stderr()
+    os.write(cerr, b"a" * 600)
+    h.run_until(lambda: h.stdio._early_size == 600)
+    os.write(cerr, b"b" * 600)
+    h.run_until(lambda: h.stdio._early_dropped == 200)
+    h.stdio.release_runtime_stderr()
+    assert h.stream(STDERR) == b"a" * 600 + b"b" * 400
+    assert len(h.diag.messages) == 1 and "Dropped 200 bytes" in h.diag.messages[0][1], h.diag.messages
+
+
 def read_all_in_thread(fd: int, into: bytearray) -> threading.Thread:
     def reader():
         while chunk := os.read(fd, 1 << 16):
