@@ -207,10 +207,9 @@ class StubSession:
         from .logsink import LogSinks
         if opts.exec_attach and "_OCI_ATTACHPIPE" not in environ:
             return "no attach pipe"  # classic reports it as C does
-        from .options import ConfigError as LastCheckError
         try:
             self.sinks = LogSinks.from_options(opts, diag, settings)
-        except LastCheckError:
+        except ConfigError:
             return "configuration error"  # conmon's checks after opening the k8s-file: classic reports them
         except (OSError, LogPathError):
             return "log file"  # classic reports it exactly as C does

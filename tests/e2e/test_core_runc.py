@@ -339,7 +339,7 @@ def test_runtime_directory_passes_validation(testbed, monitor_bin):
     m = testbed.run(monitor_bin, ["true"], start=False, read_sync=False, extra_args=["-r", rt])
     assert m.first_status == 0, m.describe()  # forked as for any valid command line
     msg = m.sync.read(10)
-    if monitor_bin == LAUNCHER:
+    if monitor_bin != C_CONMON:
         assert msg is not None and msg["data"] == -1 and f"Failed to exec {rt}" in msg["message"], msg
     else:
         assert msg is None  # C conmon's runtime child exits 127 silently: the caller sees EOF

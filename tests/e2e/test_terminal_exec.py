@@ -549,7 +549,7 @@ def test_exec_attach_without_attach_pipe(testbed, monitor_bin, sleeper, sync):
     err = e.stderr
     assert err.startswith(b"[conmon:e]: --attach specified but _OCI_ATTACHPIPE was not"), err
     assert err.count(b"\n") == 1, err
-    if monitor_bin == LAUNCHER:
+    if is_py(monitor_bin):
         assert err == b"[conmon:e]: --attach specified but _OCI_ATTACHPIPE was not set\n"
     assert read_pidfile(e.pidfile) is None
     assert read_exit_file(e.exit_file) is None
