@@ -217,17 +217,78 @@ def _dotted(key: str) -> str:
     return ".".join(part.strip().strip("\"'") for part in key.split("."))
 
 
+_BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _bare(name: str) -> bool:
+    return bool(name) and _BARE.issuperset(name)
+
+
+def _simple_value(text: str) -> object:
+    """A basic string without escapes, a decimal integer or float, or a boolean; None otherwise."""
+    if text[:1] == '"':
+        end = text.find('"', 1)
+        value = text[1:end]
+        rest = text[end + 1:].strip(" \t")
+        if end < 0 or "\\" in value or (rest and rest[0] != "#"):
+            return None
+        return value
+    token = text.split("#", 1)[0].strip(" \t")
+    if token in ("true", "false"):
+        return token == "true"
+    whole, dot, frac = token.partition(".")
+    if not whole.isdigit() or not whole.isascii() or (len(whole) > 1 and whole[0] == "0"):
+        return None
+    if not dot:
+        return int(whole)
+    return float(token) if frac.isdigit() and frac.isascii() else None
+
+
+def parse_simple_toml(text: str) -> dict[str, object] | None:
+    """The common shape of pyconmon.toml (``[table]`` headers, ``key = scalar`` lines, comments)
+    without importing tomllib (~10 ms of start-up per container); None for anything else,
+    which then goes to tomllib (which also words the errors)."""
+    if "\r" in text or "\x7f" in text or any(c < " " and c not in "\t\n" for c in text):
+        return None
+    doc: dict[str, object] = {}
+    table = doc
+    for raw in text.split("\n"):
+        line = raw.strip(" \t")
+        if not line or line[0] == "#":
+            continue
+        if line[0] == "[":
+            name, close, rest = line[1:].partition("]")
+            rest = rest.strip(" \t")
+            name = name.strip(" \t")
+            if not close or not _bare(name) or name in doc or (rest and rest[0] != "#"):
+                return None
+            table = doc[name] = {}
+            continue
+        key, eq, value = line.partition("=")
+        key = key.strip(" \t")
+        if not eq or not _bare(key) or key in table:
+            return None
+        parsed = _simple_value(value.strip(" \t"))
+        if parsed is None:
+            return None
+        table[key] = parsed
+    return doc
+
+
 def parse_file(path: str, data: bytes, settings: Settings | None = None) -> Settings:
     """Settings from the TOML ``data`` of the file at ``path``; SettingsError names what is wrong."""
-    import tomllib
     settings = settings or Settings()
     try:
         text = data.decode("utf-8")
-        doc = tomllib.loads(text)
     except UnicodeDecodeError as err:
         raise SettingsError(f"{path}: not UTF-8 ({err})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise SettingsError(f"{path}: malformed TOML: {err}") from None
+    doc = parse_simple_toml(text)
+    if doc is None:
+        import tomllib
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise SettingsError(f"{path}: malformed TOML: {err}") from None
 
     def where(dotted: str) -> str:
         line = find_line(text, dotted)

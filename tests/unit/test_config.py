@@ -161,3 +161,47 @@ def test_log_buffer_and_sync_policy():
         parse_file("/p", b'[log]\nsync = "rotate"\n')
     with pytest.raises(SettingsError, match=r"/p:1: log\.sync: must be one of none, exit, rotate"):
         parse_file("/p", b'log.sync = "always"\n')
+
+
+# -- the tomllib-free fast path ---------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pyconmon.config import parse_simple_toml  # noqa: E402
+
+_pieces = st.sampled_from([
+    "[log]", "[journald]", "[ metrics ]", "[log] # c", "[[log]]", "[a.b]", "[]", "[log",
+    "rate = 1", "rate=1", "rate = 0", "rate = 01", "rate = +1", "rate = 1_000", "rate = 1.5", "rate = 1.",
+    "rate = 1e3", "policy = \"drop\"", "policy = \"dr#op\" # comment", "policy = \"a\\\"b\"", "policy = 'x'",
+    "policy = \"\"", "policy = \"x\" y", "ok = true", "ok = false", "ok = True", "x.y = 1", "\"q\" = 1",
+    "# comment", "", "   ", "\t", "key =", "= 1", "a = [1]", "a = {b = 1}", "s = \"é ü\"", "s = \"tab\there\"",
+    "s = \"unterminated", "dup = 1", "dup = 2", "n = 123456789012345678901234", "k-1 = 2", "a = 1 # x = 2",
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_pieces, max_size=8), st.sampled_from(["\n", "\r\n"]))
+def test_fast_path_agrees_with_tomllib_or_steps_aside(lines, newline):
+    import tomllib
+    text = newline.join(lines)
+    fast = parse_simple_toml(text)
+    if fast is None:
+        return  # tomllib decides (and words the error)
+    assert fast == tomllib.loads(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_fast_path_never_accepts_what_tomllib_refuses(text):
+    import tomllib
+    fast = parse_simple_toml(text)
+    if fast is not None:
+        assert fast == tomllib.loads(text)
+
+
+def test_common_files_take_the_fast_path():
+    text = '# pyconmon\n[log]\nrate = "1M"   # per container\npolicy = "block"\nallow_override = false\n\n' \
+           '[metrics]\ndir = "/run/pyconmon/metrics"\ninterval = 2.5\n'
+    assert parse_simple_toml(text) == {"log": {"rate": "1M", "policy": "block", "allow_override": False},
+                                       "metrics": {"dir": "/run/pyconmon/metrics", "interval": 2.5}}
