@@ -12,8 +12,8 @@ disk stalls only the thread.
 The buffer is bounded: once ``limit`` bytes wait, the stdio stops reading
 (the container then waits, as without a buffer: nothing is lost) until the
 thread has brought the backlog down to half; the thread tells the loop
-through an eventfd.  Chunks of one stream that queued up while the
-disk was busy go out as one write (up to ``BATCH_MAX``).  ``flush`` and ``sync`` (at exit) wait until everything
+through an eventfd.  Small chunks of one stream that queued up while the
+disk was busy go out as one write (up to ``BATCH_MAX``); large ones as they are.  ``flush`` and ``sync`` (at exit) wait until everything
 queued is written, so the exit file still comes after a complete log.
 
 ``log.sync``: ``exit`` (the default: fsync at exit unless --no-sync-log),
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 WRITE, REOPEN, FLUSH, SYNC, BARRIER, STOP = range(6)
 BATCH_MAX = 4 << 20  # the most one write of the thread takes
+BATCH_FROM = 256 << 10  # chunks at least this large are written as they are
 
 
 class BufferedLogWriter:
@@ -144,11 +145,12 @@ class BufferedLogWriter:
         """
         queue = self.queue
         _, stream, data, ns = first
-        if not queue or queue[0][0] != WRITE or queue[0][1] != stream:
-            return first
+        if len(data) >= BATCH_FROM or not queue or queue[0][0] != WRITE or queue[0][1] != stream:
+            return first  # a large chunk is a large write already: no copy
         parts = [data]
         size = len(data)
-        while queue and queue[0][0] == WRITE and queue[0][1] == stream and size < BATCH_MAX:
+        while (queue and queue[0][0] == WRITE and queue[0][1] == stream and size < BATCH_MAX
+               and len(queue[0][2]) < BATCH_FROM):
             chunk = queue.popleft()[2]
             parts.append(chunk)
             size += len(chunk)
