@@ -13,8 +13,9 @@ The buffer is bounded: once ``limit`` bytes wait, the stdio stops reading
 (the container then waits, as without a buffer: nothing is lost) until the
 thread has brought the backlog down to half; the thread tells the loop
 through an eventfd.  Small chunks of one stream that queued up while the
-disk was busy go out as one write (up to ``BATCH_MAX``); large ones as they are.  ``flush`` and ``sync`` (at exit) wait until everything
-queued is written, so the exit file still comes after a complete log.
+disk was busy go out as one write (up to ``BATCH_MAX``); large ones as
+they are.  ``flush`` and ``sync`` (at exit) wait until everything queued
+is written, so the exit file still comes after a complete log.
 
 ``log.sync``: ``exit`` (the default: fsync at exit unless --no-sync-log),
 ``rotate`` (also fsync a file before starting the next one, in the thread),
