@@ -275,6 +275,8 @@ def parse_args(argv):
                          f"(default {JOURNALD_SCALE})")
     ap.add_argument("--create-samples", type=int, default=5, help="create-latency samples per monitor per round")
     ap.add_argument("--podman-samples", type=int, default=3, help="podman run/exec samples per monitor per round")
+    ap.add_argument("--crio-seconds", type=int, default=None,
+                    help="length of the CRI-O probe storm per monitor per round (default 60; 10 with --quick)")
     ap.add_argument("--latency-samples", type=int, default=None,
                     help="latency samples per pattern per monitor per round (default 100; 30 with --quick)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds an idle container runs before memory is read")

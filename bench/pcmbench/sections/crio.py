@@ -1,0 +1,177 @@
+"""CRI-O exec-probe storm: the real CRI-O, 10 containers each probed with ``crictl exec -s`` every second.
+
+CRI-O (tests/crio/setup.sh: v1.36.3, runtime handlers ``conmon`` = Debian's C
+conmon and ``pyconmon`` = ``make crio`` of this checkout into setup.sh's
+prefix) starts one monitor per probe (ExecSync).  Per monitor and round: a pod
+with 10 ``sleep`` containers; for ``--crio-seconds`` seconds (60; 10 with
+--quick), every second, one ``crictl exec -s CTR echo ok`` per container, all
+10 at once.  Every probe must succeed with the right output.  Figures: the
+probes' wall time as crictl sees it (p50, p99), and the probe monitors' own
+CPU time, summed, from the kernel's taskstats exit records (tasks named
+``conmon`` whose parent is crio: each probe's monitor; runc and the probed
+command are not counted), checked to be one monitor per probe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import statistics
+import threading
+import time
+
+from .. import taskstats
+from ..system import BenchFailure, set_subreaper
+from . import Row, Section, register
+
+tb_crio = importlib.import_module("pcm_bench_support.crio")
+
+CONTAINERS = 10
+
+
+def _proc_cpu_s(pid):
+    """utime + stime of ``pid`` itself, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@register
+class CrioProbes(Section):
+    name = "crio-probes"
+    title = "CRI-O exec-probe storm (real CRI-O v1.36.3, 10 containers, `crictl exec -s` every second)"
+
+    def __init__(self, bench):
+        super().__init__(bench)
+        self.crio = None
+        self.started_crio = False
+        self.ctrs = {}  # monitor name -> [container ids]
+        self.broken = False
+
+    def unavailable(self):
+        return tb_crio.unavailable_reason() or taskstats.ExitRecorder.unavailable()
+
+    def seconds(self):
+        return getattr(self.bench.args, "crio_seconds", None) or (10 if self.bench.args.quick else 60)
+
+    def setup(self):
+        set_subreaper(False)  # crio (setsid by setup.sh) must not become our child and zombie
+        try:
+            print("  crio-probes: tests/crio/setup.sh start (builds crio/crictl the first time)", flush=True)
+            self.crio = tb_crio.Crio()
+            self.started_crio = not self.crio.crio_pid_alive()
+            self.crio.start()
+            for mon in self.bench.monitors:
+                pod = self.crio.run_pod(mon.name, "bench-probes")
+                self.ctrs[mon.name] = [self.crio.run(pod, f"c{i}", ["sleep", "1000000"]) for i in range(CONTAINERS)]
+                for cid in self.ctrs[mon.name]:
+                    self.crio.wait_state(cid, "CONTAINER_RUNNING")
+                    self.probe(cid)  # warm-up, not counted
+        except (BenchFailure, RuntimeError, OSError, TimeoutError) as e:
+            self.results.fail("crio-probes set-up", e)
+            self.broken = True
+        finally:
+            set_subreaper(True)
+
+    def teardown(self):
+        if self.crio is None:
+            return
+        set_subreaper(False)
+        try:
+            for p in self.crio.cleanup():
+                print(f"  (crio teardown: {p})")
+            if self.started_crio:
+                self.crio.stop()
+        finally:
+            set_subreaper(True)
+            self.crio = None
+
+    def probe(self, cid):
+        """One ``crictl exec -s CID echo ok``: its wall time in ms (BenchFailure if it failed)."""
+        t0 = time.monotonic()
+        r = self.crio.exec_sync(cid, "echo", "ok")
+        wall = (time.monotonic() - t0) * 1000
+        if r != (0, b"ok\n\n\n", ""):
+            raise BenchFailure(f"probe of {cid[:12]}: {r}")
+        return wall
+
+    def run_round(self, rnd):
+        if self.broken:
+            return
+        for mon in self.order("crio/probes"):
+            self.storm(mon)
+
+    def storm(self, mon):
+        seconds = self.seconds()
+        cids = self.ctrs[mon.name]
+        crio_pid = self.crio.crio_pid()
+        latencies, failures = [], []
+        lock = threading.Lock()
+
+        def one(cid):
+            try:
+                wall = self.probe(cid)
+            except Exception as e:  # noqa: BLE001 - every failure is reported below
+                with lock:
+                    failures.append(str(e))
+                return
+            with lock:
+                latencies.append(wall)
+
+        print(f"  crio-probes: {mon.name}: {CONTAINERS} containers x {seconds} s", flush=True)
+        threads = []
+        crio_cpu0 = _proc_cpu_s(crio_pid)
+        with taskstats.ExitRecorder({"conmon"}) as rec:
+            t0 = time.monotonic()
+            for tick in range(seconds):
+                delay = t0 + tick - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # the storm's own clock: one wave per second
+                for cid in cids:
+                    t = threading.Thread(target=one, args=(cid,))
+                    t.start()
+                    threads.append(t)
+            for t in threads:
+                t.join()
+        crio_cpu = _proc_cpu_s(crio_pid) - crio_cpu0
+        probes = seconds * len(cids)
+        monitors = [e for e in rec.exits if e.ppid == crio_pid]
+        metrics = [r.metric for r in self.rows()]
+        if failures:
+            self.results.fail(f"crio-probes {mon.name}", f"{len(failures)} of {probes} probes failed; first: "
+                              f"{failures[0]}", mon, metrics)
+            return
+        if rec.lost or len(monitors) != probes:
+            self.results.fail(f"crio-probes {mon.name}", f"{len(monitors)} probe monitors seen for {probes} "
+                              f"probes ({rec.lost} taskstats overflows)", mon, metrics)
+            return
+        cpu = sum(e.cpu_ns for e in monitors) / 1e9
+        q = statistics.quantiles(latencies, n=100)
+        self.results.add("crio/probe_p50_ms", mon, q[49])
+        self.results.add("crio/probe_p99_ms", mon, q[98])
+        self.results.add("crio/monitor_cpu_s", mon, cpu)
+        self.results.add("crio/monitor_cpu_per_probe_ms", mon, cpu * 1000 / probes)
+        self.results.add("crio/crio_cpu_s", mon, crio_cpu)
+        print(f"    {mon.name:8} {probes} probes ok: p50 {q[49]:6.1f} ms  p99 {q[98]:6.1f} ms  "
+              f"monitors' CPU {cpu:6.2f} s ({cpu * 1000 / probes:5.2f} ms/probe)  crio {crio_cpu:5.2f} s",
+              flush=True)
+
+    def rows(self):
+        return [
+            Row("probe wall time p50, `crictl exec -s` (ms)", "crio/probe_p50_ms", "ms"),
+            Row("probe wall time p99 (ms)", "crio/probe_p99_ms", "ms"),
+            Row("probe monitors' CPU, whole storm (s)", "crio/monitor_cpu_s", "s"),
+            Row("probe monitor CPU per probe (ms)", "crio/monitor_cpu_per_probe_ms", "ms"),
+            Row("crio's own CPU during the storm (s)", "crio/crio_cpu_s", "s"),
+        ]
+
+    @classmethod
+    def method(cls):
+        return (
+            "**crio-probes**: the real CRI-O v1.36.3 (tests/crio/setup.sh) with a runtime handler per "
+            "monitor; a pod of 10 `sleep` containers per monitor, each probed with `crictl exec -s CTR echo ok` "
+            "once a second, all 10 at once, for 60 s (10 s with --quick); every probe must print `ok`. Wall "
+            "time is crictl's (process start, gRPC, CRI-O's ExecSync, the monitor, `runc exec`). Monitor CPU "
+            "is the probe monitors' own run time (kernel taskstats exit records of tasks named `conmon` whose "
+            "parent is crio: exactly one per probe; runc and the probed command not included). pyconmon here "
+            "is `make crio` into setup.sh's prefix (classic mode).")
