@@ -195,8 +195,9 @@ test:
 	$(DEV_PYTHON) -m pytest -q tests
 
 # tests/crio/setup.sh builds crio and crictl (cached under /var/cache/pyconmon-crio),
-# runs `make crio PREFIX=/var/lib/pyconmon-crio/prefix` (where its `pyconmon`
-# runtime handler points) and starts CRI-O for the tests.
+# runs `make crio PREFIX=<its state dir>/prefix` (where its `pyconmon` runtime
+# handler points; `bash tests/crio/setup.sh env` shows the paths) and starts
+# CRI-O for the tests.
 test-crio:
 	bash tests/crio/setup.sh prepare
 	$(DEV_PYTHON) -m pytest -q tests/e2e/test_crio_real.py

@@ -1,7 +1,9 @@
 #!/bin/bash
 # The real CRI-O for pyconmon's e2e tests: offline, cgroupfs, no systemd, vfs
-# storage, everything in private directories (no clash with the Podman tests
-# or a system CRI-O), two runtime handlers:
+# storage, everything in private directories (no clash with the Podman tests,
+# a system CRI-O or another checkout's tests: /var/lib/pyconmon-crio/KEY,
+# /run/pyconmon-crio/KEY, /var/log/pyconmon-crio/KEY, KEY a hash of the
+# checkout's path; `setup.sh env` prints them), two runtime handlers:
 #   pyconmon  monitor_path = $PYCONMON_CRIO_PREFIX/libexec/crio/conmon
 #             (where `make crio PREFIX=$PYCONMON_CRIO_PREFIX` installs it)
 #   conmon    monitor_path = /usr/bin/conmon (Debian's C conmon, the reference)
@@ -20,9 +22,12 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/versions.sh"
 
-STATE=${PYCONMON_CRIO_STATE:-/var/lib/pyconmon-crio}
-RUNDIR=${PYCONMON_CRIO_RUN:-/run/pyconmon-crio}
-LOGDIR=${PYCONMON_CRIO_LOGS:-/var/log/pyconmon-crio}
+# One CRI-O per checkout (several worktrees may test at once): the
+# directories are keyed by a hash of the checkout's path.
+KEY=$(printf %s "$REPO" | sha256sum | cut -c1-8)
+STATE=${PYCONMON_CRIO_STATE:-/var/lib/pyconmon-crio/$KEY}
+RUNDIR=${PYCONMON_CRIO_RUN:-/run/pyconmon-crio/$KEY}
+LOGDIR=${PYCONMON_CRIO_LOGS:-/var/log/pyconmon-crio/$KEY}
 PREFIX=${PYCONMON_CRIO_PREFIX:-$STATE/prefix}
 CONF=$STATE/etc/crio.conf
 CONF_DIR=$STATE/etc/crio.conf.d
@@ -35,6 +40,14 @@ CRICTL=$CRICTL_CACHE/crictl
 PYCONMON_MONITOR=$PREFIX/libexec/crio/conmon
 C_CONMON=/usr/bin/conmon
 RUNC=$(command -v runc || echo /usr/sbin/runc)
+# Without CAP_SYS_RESOURCE in the bounding set (a host limit) runc cannot give
+# the pause container the oom_score_adj -998 that CRI-O asks for; the
+# handlers then use runc through tests/crio/runc-oom-adj-shim.
+if (( (0x$(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status) >> 24) & 1 )); then
+    RUNTIME_PATH=$RUNC
+else
+    RUNTIME_PATH=$STATE/bin/runc-oom-adj-shim
+fi
 IMAGE_BUSYBOX=localhost/busybox:latest
 IMAGE_PAUSE=localhost/pause:latest
 
@@ -48,8 +61,8 @@ crio_env() {
 
 print_env() {
     local v
-    for v in STATE RUNDIR LOGDIR PREFIX CONF CONF_DIR CRICTL_CONF SOCK PIDFILE CRIO_LOG CRIO CRICTL \
-             PYCONMON_MONITOR C_CONMON RUNC IMAGE_BUSYBOX IMAGE_PAUSE CRIO_VERSION CRICTL_VERSION; do
+    for v in KEY STATE RUNDIR LOGDIR PREFIX CONF CONF_DIR CRICTL_CONF SOCK PIDFILE CRIO_LOG CRIO CRICTL \
+             PYCONMON_MONITOR C_CONMON RUNC RUNTIME_PATH IMAGE_BUSYBOX IMAGE_PAUSE CRIO_VERSION CRICTL_VERSION; do
         printf '%s=%q\n' "$v" "${!v}"
     done
 }
@@ -80,6 +93,9 @@ build_helpers() {
     if [ ! -x "$out" ] || [ "$src" -nt "$out" ]; then
         gcc -O2 -Wall -Wextra -Werror -o "$out.tmp" "$src" && mv "$out.tmp" "$out"
     fi
+    sed "s|^RUNC=.*|RUNC=$RUNC|" "$HERE/runc-oom-adj-shim" > "$STATE/bin/runc-oom-adj-shim.tmp"
+    chmod 755 "$STATE/bin/runc-oom-adj-shim.tmp"
+    mv "$STATE/bin/runc-oom-adj-shim.tmp" "$STATE/bin/runc-oom-adj-shim"
     src=$HERE/pause.c out=$STATE/bin/pause
     if [ ! -x "$out" ] || [ "$src" -nt "$out" ]; then
         gcc -static -Os -Wall -Wextra -Werror -o "$out.tmp" "$src" && strip "$out.tmp" && mv "$out.tmp" "$out"
@@ -156,7 +172,7 @@ hooks_dir = ["$STATE/hooks.d"]
 default_mounts_file = ""
 
 [crio.runtime.runtimes.pyconmon]
-runtime_path = "$RUNC"
+runtime_path = "$RUNTIME_PATH"
 runtime_type = "oci"
 runtime_root = "$RUNDIR/runc"
 monitor_path = "$PYCONMON_MONITOR"
@@ -164,7 +180,7 @@ monitor_cgroup = "pod"
 monitor_env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
 [crio.runtime.runtimes.conmon]
-runtime_path = "$RUNC"
+runtime_path = "$RUNTIME_PATH"
 runtime_type = "oci"
 runtime_root = "$RUNDIR/runc"
 monitor_path = "$C_CONMON"

@@ -59,25 +59,6 @@ def unavailable_reason():
     return None
 
 
-def _has_capability(bit):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapBnd:"):
-                return bool(int(line.split()[1], 16) >> bit & 1)
-    return False
-
-
-CAP_SYS_RESOURCE = 24
-
-
-def infra_unavailable_reason():
-    """Why a pod with an infra (pause) container cannot start here, or None."""
-    if not _has_capability(CAP_SYS_RESOURCE):
-        return ("CAP_SYS_RESOURCE is not in this machine's capability bounding set: runc cannot lower "
-                "the pause container's oom_score_adj to -998 as CRI-O asks (Permission denied)")
-    return None
-
-
 class Crio:
     """One CRI-O instance (setup.sh's), and a tracker of the pods tests create."""
 
