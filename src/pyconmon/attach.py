@@ -43,6 +43,7 @@ from time import monotonic
 
 from .diag import Diagnostics
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
+from .unixpath import bind_in
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings anyway
 if TYPE_CHECKING:
@@ -116,15 +117,12 @@ class AttachServer:
             directory = self.link
         self.path = os.path.join(directory, "attach")
         dirfd = os.open(directory, os.O_PATH | os.O_CLOEXEC)
+        sock = _socket.socket(_socket.AF_UNIX, _SOCK_FLAGS)
         try:
-            proc_path = f"/proc/self/fd/{dirfd}/attach"
-            try:
-                os.unlink(proc_path)
-            except FileNotFoundError:
-                pass
-            sock = _socket.socket(_socket.AF_UNIX, _SOCK_FLAGS)
-            sock.bind(proc_path)
-            os.chmod(proc_path, 0o700)
+            bind_in(sock, dirfd, "attach", 0o700)
+        except BaseException:
+            sock.close()
+            raise
         finally:
             os.close(dirfd)
         sock.listen(10)

@@ -66,6 +66,7 @@ import sys
 import time
 
 from .diag import Diagnostics
+from .streams import STDERR
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 LINE_BUF = 8192  # the per-stream buffer: a MESSAGE is at most this many bytes
@@ -75,7 +76,6 @@ SNDBUFS = (4096, 16384, 65536)  # SO_SNDBUF asked for per size class; Linux doub
 # Each socket takes entries up to an eighth of its (doubled) buffer, the last one all bigger ones.
 CLASS_MAX = tuple(2 * size // 8 for size in SNDBUFS[:-1])
 
-STDOUT, STDERR = 2, 3
 
 _PRIORITY = tuple(b"\nPRIORITY=%d\n" % n for n in range(8))  # also ends MESSAGE's value
 _PARTIAL = b"CONTAINER_PARTIAL_MESSAGE=true\n"

@@ -23,11 +23,12 @@ import os
 import time
 
 from .diag import Diagnostics
+from .streams import NAMES
 
 MAX_RECORD = 8192
 IOV_MAX = 1024
 REWARN_AFTER = 60.0  # seconds between two "Failed to write" warnings for one file
-STREAM_NAMES = {2: b"stdout", 3: b"stderr"}
+STREAM_NAMES = {stream: name.encode() for stream, name in NAMES.items()}
 
 
 class Clock:

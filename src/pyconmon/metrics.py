@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+from .streams import NAMES
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from .loop import EventLoop, Timer
     from .monitor import Monitor
 
-STREAMS = ((2, "stdout"), (3, "stderr"))
 DEFAULT_INTERVAL = 5.0
 
 
@@ -34,8 +35,8 @@ class StreamCounter:
     """Bytes and lines per stream of what passes through :meth:`wrap`."""
 
     def __init__(self) -> None:
-        self.bytes = {2: 0, 3: 0}
-        self.lines = {2: 0, 3: 0}
+        self.bytes = dict.fromkeys(NAMES, 0)
+        self.lines = dict.fromkeys(NAMES, 0)
 
     def wrap(self, inner: Callable[[int, bytes], None]) -> Callable[[int, bytes], None]:
         counted_bytes, counted_lines = self.bytes, self.lines
@@ -135,7 +136,7 @@ class MetricsReporter:
                                     ("log", self.logged, "handed to the log drivers (after the rate limit)")):
             b = Family(f"pyconmon_{name}_bytes_total", "counter", f"Bytes of container output {text}.")
             n = Family(f"pyconmon_{name}_lines_total", "counter", f"Newlines in the container output {text}.")
-            for stream, label in STREAMS:
+            for stream, label in NAMES.items():
                 b.add(counter.bytes[stream], stream=label)
                 n.add(counter.lines[stream], stream=label)
             fams += [b, n]

@@ -133,9 +133,8 @@ class Monitor:
         # Podman writes the first size of an `exec -t` before the runtime runs, when there
         # is no pty yet: keep it and apply it once the pty arrives.
         self.winsize = (rows, cols)
-        if self.stdio is not None and self.stdio.pty_master >= 0:
-            from .ctl import resize_pty
-            resize_pty(self.stdio.pty_master, rows, cols)
+        if self.stdio is not None and self.stdio.has_pty:
+            self.stdio.resize(rows, cols)
 
     def _on_pty(self) -> None:
         # Apply a size that came before the pty at once: the runtime exec's the process
@@ -234,10 +233,22 @@ class Monitor:
 
         Written as a generator so that one event loop can drive many monitors
         (server mode): the driver resumes it once the yielded condition holds.
+        Each step below is one stretch of CONTRACT section 2.
         """
+        yield from self._launch_runtime()  # steps 6-9
+        runtime_code = yield from self._wait_for_runtime()  # step 10
+        pid = self._container_pid_after(runtime_code)  # steps 10-12
+        if pid is None:
+            return self._runtime_failed(runtime_code)
+        self._supervise(pid)  # step 13
+        status = yield from self._wait_for_container(pid)
+        code = -1 if self.timed_out or status == UNKNOWN_STATUS else exit_code_from_status(status)
+        return self._finish(code)  # steps 14-18
+
+    def _launch_runtime(self) -> Generator[Callable[[], bool], None, None]:
+        """Stdio, attach socket and FIFOs, then the runtime child; until it has a pid."""
         opts = self.opts
-        loop = self.loop
-        self.children.start(loop, self._forward)
+        self.children.start(self.loop, self._forward)
         console = self._setup_io()
         if self.attach_pipe is not None:
             self.attach_pipe.send(0)
@@ -264,17 +275,26 @@ class Monitor:
         if not self.children.runtime_pid:
             raise OSError(f"Failed to fork the runtime: {self.children.spawn_error}")
         self.runtime_pid = self.children.runtime_pid
+
+    def _wait_for_runtime(self) -> Generator[Callable[[], bool], None, int]:
+        """Until the runtime child exits (its stderr drained meanwhile); its exit code."""
         yield lambda: self.runtime_pid in self.statuses
-        runtime_status = self.statuses.pop(self.runtime_pid)
-        runtime_code = exit_code_from_status(runtime_status)
+        code = exit_code_from_status(self.statuses.pop(self.runtime_pid))
+        if self.stdio is not None:
+            self.stdio.take_console()  # the runtime has sent the pty by now, if ever (on_pty resizes)
+        return code
 
-        if self.stdio is not None and self.stdio.console is not None:
-            self.stdio.receive_console()  # the runtime has sent the pty by now, if ever (on_pty resizes)
+    def _container_pid_after(self, runtime_code: int) -> int | None:
+        """The container's pid, reported on the sync pipe; None if the runtime failed.
 
+        Raises Fatal (after telling the caller) when the runtime succeeded but
+        left no pty (with ``-t``) or no pid.
+        """
+        opts = self.opts
         pid = self._read_pidfile()
         if runtime_code != 0 and not (opts.exec_ and pid):
-            return self._runtime_failed(runtime_code)
-        if opts.terminal and self.stdio is not None and self.stdio.pty_master < 0:
+            return None  # for exec, the runtime's status is the command's own when it ran
+        if opts.terminal and self.stdio is not None and not self.stdio.has_pty:
             self.sync.send(-1, "Runtime did not set up terminal")
             raise Fatal("Runtime did not set up terminal")
         if not pid:
@@ -285,7 +305,10 @@ class Monitor:
         if not opts.legacy_exec:
             self.sync.send(pid)
         self.diag.debug(f"Container pid {pid}")
+        return pid
 
+    def _supervise(self, pid: int) -> None:
+        """Start watching: OOM, the exit, the output (what the runtime left first), timers."""
         self._watch_oom()
         self._watch_exit(pid)
         if self.stdio is not None:
@@ -293,14 +316,15 @@ class Monitor:
             self.stdio.watch_output()
         if self.metrics is not None:
             self.metrics.start()
-        if opts.timeout > 0:
-            loop.call_later(opts.timeout, self._on_timeout)
+        if self.opts.timeout > 0:
+            self.loop.call_later(self.opts.timeout, self._on_timeout)
+
+    def _wait_for_container(self, pid: int) -> Generator[Callable[[], bool], None, int]:
+        """Until the container exits; then what is left of its output; its wait status."""
         yield lambda: pid in self.statuses
-        status = self.statuses[pid]
         if self.stdio is not None:
             self.stdio.drain()
-        code = -1 if self.timed_out or status == UNKNOWN_STATUS else exit_code_from_status(status)
-        return self._finish(code)
+        return self.statuses[pid]
 
     def _on_loop_error(self, err: Exception) -> None:
         """A callback failed: say where, and keep monitoring the container."""
@@ -321,7 +345,7 @@ class Monitor:
         text = f"Failed to create container: exit status {code}"
         self.sync.send(-1, message or text)
         self.diag.error(text)
-        self._teardown()
+        self.teardown()
         return 1
 
     def _watch_oom(self) -> None:
@@ -385,7 +409,7 @@ class Monitor:
         if self.metrics is not None:
             self.metrics.final()  # before the exit file: who sees it finds the final numbers
         self.children.close_inherited([fd for fd in self.inherited if fd != self.sync.fd])
-        self._teardown()
+        self.teardown()
         assert opts.cid
         for problem in write_exit_files(code, opts.cid, opts.persist_dir, opts.exit_dir):
             self.diag.error(problem)
@@ -399,7 +423,7 @@ class Monitor:
                 return status
         return code & 0xFF  # as conmon: a --sync caller sees the container's code as our status
 
-    def _teardown(self) -> None:
+    def teardown(self) -> None:
         for part in (self.attach, self.fifos, self.notify, self.oom):
             if part is not None:
                 try:
@@ -414,8 +438,67 @@ class Monitor:
             self.sinks = None
 
 
+class _Stop(Exception):
+    """A step of :func:`run` ended the process early, with this status (the reason already said)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class CallerPipes:
+    """The fds the caller passed in the environment, and what the process inherited."""
+
+    def __init__(self, opts: Options) -> None:
+        self.start = fd_from_env("_OCI_STARTPIPE")  # ValueError for a value that is no number
+        self.sync = fd_from_env("_OCI_SYNCPIPE")
+        self.attach = fd_from_env("_OCI_ATTACHPIPE") if opts.exec_attach else None
+        self.key = "data" if opts.api_version else ("exit_code" if opts.exec_ else "pid")
+        # The server-mode stub read the start byte, forked and wrote the pid file already,
+        # then lost its server before the runtime ran: this process takes over from there.
+        self.resumed = os.environ.pop("_PYCONMON_RESUMED", None) == "1"
+        if self.resumed and not opts.exec_attach:
+            self.start = None  # the stub closed it; the number may be reused
+        self.inherited = [fd for fd in open_fds() if fd > 2]
+
+    def fail(self, message: str) -> None:
+        """Tell the caller on the sync pipe (Podman and CRI-O read errors there, not our stderr)."""
+        SyncPipe(self.sync, self.key).send(-1, message)
+
+
 def run(opts: Options) -> int:
     """The whole life of a monitor process: CONTRACT section 2, steps 1-18."""
+    diag, old_oom = _set_up_process(opts)
+    try:
+        pipes = _caller_pipes(opts, diag)
+        settings, sinks = _open_logs(opts, diag, pipes)
+        _wait_for_start(opts, diag, pipes)
+        _daemonize(opts, diag, pipes)
+        inherited = _detach_from_caller(opts, diag, pipes)
+    except _Stop as stop:
+        return stop.status
+    sync = SyncPipe(pipes.sync, pipes.key)
+    attach_pipe = SyncPipe(pipes.attach, "data") if pipes.attach is not None else None
+    monitor = Monitor(opts, diag, sync, attach_pipe, pipes.start, inherited, old_oom, sinks)
+    monitor.settings = settings
+    try:
+        return monitor.run()
+    except Fatal as err:
+        diag.error(str(err))
+        monitor.teardown()
+        return 1
+    except OSError as err:
+        diag.error(f"{err}")
+        sync.send(-1, str(err))
+        monitor.teardown()
+        return 1
+    finally:
+        if monitor.metrics is not None:
+            monitor.metrics.remove()
+
+
+def _set_up_process(opts: Options) -> tuple[Diagnostics, str | None]:
+    """Step 1: diagnostics, umask, oom_score_adj (the old value kept for children), signals."""
     diag = Diagnostics(opts.log_level_num)
     if opts.syslog:
         assert opts.cid
@@ -425,83 +508,91 @@ def run(opts: Options) -> int:
     _signal.signal(SIGPIPE, _signal.SIG_IGN)
     _signal.signal(SIGINT, _signal.SIG_DFL)  # like C until the loop forwards it; never KeyboardInterrupt
     tune_malloc()
+    return diag, old_oom
 
+
+def _caller_pipes(opts: Options, diag: Diagnostics) -> CallerPipes:
+    """The caller's stdio and pipes: refused if unusable."""
     if "passthrough" in opts.log_kinds():
         for fd in (0, 1, 2):
             if os.isatty(fd):
                 diag.error("passthrough log driver cannot be used with a terminal as stdio")
-                return 1
+                raise _Stop(1)
     try:
-        start_fd = fd_from_env("_OCI_STARTPIPE")
-        sync_fd = fd_from_env("_OCI_SYNCPIPE")
-        attach_fd = fd_from_env("_OCI_ATTACHPIPE") if opts.exec_attach else None
+        pipes = CallerPipes(opts)
     except ValueError as err:
         diag.error(f"Invalid fd number in the environment: {err}")
-        return 1
-
-    # The server-mode stub read the start byte, forked and wrote the pid file already,
-    # then lost its server before the runtime ran: this process takes over from there.
-    resumed = os.environ.pop("_PYCONMON_RESUMED", None) == "1"
-    if resumed and not opts.exec_attach:
-        start_fd = None  # the stub closed it; the number may be reused
-    inherited_at_start = [fd for fd in open_fds() if fd > 2]
+        raise _Stop(1) from None
     # Only now: a syslog socket opened earlier would count as inherited and be closed at exit.
     diag.trace(f"set log level to {opts.log_level or 'warning'}")  # conmon's wording
+    return pipes
 
-    # Log files are opened before anything starts, so a bad path is a clear error.
+
+def _open_logs(opts: Options, diag: Diagnostics, pipes: CallerPipes) -> tuple[Settings, LogSinks]:
+    """Settings and log files, before anything starts, so a bad one is a clear error."""
+    from .config import SettingsError, for_container
     from .logpath import LogPathError
     from .logsink import LogSinks
-    key = "data" if opts.api_version else ("exit_code" if opts.exec_ else "pid")
-    from .config import SettingsError, for_container
+    from .options import ConfigError
     try:  # pyconmon.toml and the io.pyconmon.* annotations: a bad one is refused like a bad option
         settings = for_container(None if opts.exec_ else opts.bundle, passthrough="passthrough" in opts.log_kinds())
     except SettingsError as err:
         diag.error(str(err))
-        SyncPipe(sync_fd, key).send(-1, str(err))
-        return 1
-    from .options import ConfigError
+        pipes.fail(str(err))
+        raise _Stop(1) from None
     try:
         sinks = LogSinks.from_options(opts, diag, settings)
     except ConfigError as err:  # conmon's last option checks come after opening the k8s-file
         diag.error(err.text)
-        return 1
+        raise _Stop(1) from None
     except (OSError, LogPathError) as err:
         diag.error(f"Failed to open log file: {err}")
-        # Podman and CRI-O read errors from the sync pipe, not from our stderr.
-        SyncPipe(sync_fd, key).send(-1, f"Failed to open log file: {err}")
-        return 1
+        pipes.fail(f"Failed to open log file: {err}")
+        raise _Stop(1) from None
+    return settings, sinks
 
-    if start_fd is not None and not resumed:
+
+def _wait_for_start(opts: Options, diag: Diagnostics, pipes: CallerPipes) -> None:
+    """Step 2: one message on the start pipe (the caller may move us into a cgroup first)."""
+    if pipes.start is not None and not pipes.resumed:
         try:
-            os.read(start_fd, START_MESSAGE_MAX)  # one message, whatever its length, as conmon
+            os.read(pipes.start, START_MESSAGE_MAX)  # one message, whatever its length, as conmon
         except OSError as err:
             diag.error(f"Failed to read from the start pipe: {err.strerror}")
-    if start_fd is not None and not opts.exec_attach:
-        os.close(start_fd)
-        start_fd = None
+    if pipes.start is not None and not opts.exec_attach:
+        os.close(pipes.start)  # exec-attach keeps it: the runtime child waits for a second message
+        pipes.start = None
 
-    if resumed:
-        pass
-    elif not opts.sync:
-        child = os.fork()
-        if child:
-            if opts.conmon_pidfile:
-                try:
-                    write_file_atomic(opts.conmon_pidfile, str(child).encode())
-                except OSError as err:
-                    diag.error(f"Failed to write conmon pidfile: {err.strerror}")
-                    os.kill(child, SIGKILL)
-                    os._exit(1)
-            os._exit(0)
-    elif opts.conmon_pidfile:
-        write_file_atomic(opts.conmon_pidfile, str(os.getpid()).encode())
 
-    if opts.exec_attach and attach_fd is None:
+def _daemonize(opts: Options, diag: Diagnostics, pipes: CallerPipes) -> None:
+    """Step 3: unless --sync, fork; the parent writes the child's pid and exits 0 at once."""
+    if pipes.resumed:
+        return
+    if opts.sync:
+        if opts.conmon_pidfile:
+            write_file_atomic(opts.conmon_pidfile, str(os.getpid()).encode())
+        return
+    child = os.fork()
+    if child:
+        if opts.conmon_pidfile:
+            try:
+                write_file_atomic(opts.conmon_pidfile, str(child).encode())
+            except OSError as err:
+                diag.error(f"Failed to write conmon pidfile: {err.strerror}")
+                os.kill(child, SIGKILL)
+                os._exit(1)
+        os._exit(0)
+
+
+def _detach_from_caller(opts: Options, diag: Diagnostics, pipes: CallerPipes) -> list[int]:
+    """Steps 4-5: pipes close-on-exec, stdio to /dev/null, own session, subreaper; the fds to
+    close at exit (inherited, neither kept nor preserved)."""
+    if opts.exec_attach and pipes.attach is None:
         # conmon's wording and place: after the fork, so without --sync the caller sees status 0.
         diag.error("--attach specified but _OCI_ATTACHPIPE was not set")
-        return 1
-    keep = {fd for fd in (sync_fd, attach_fd, start_fd) if fd is not None}
-    inherited = [fd for fd in inherited_at_start if fd not in keep]
+        raise _Stop(1)
+    keep = {fd for fd in (pipes.sync, pipes.attach, pipes.start) if fd is not None}
+    inherited = [fd for fd in pipes.inherited if fd not in keep]
     preserved = set(range(3, 3 + preserved_fd_count(opts)))
     for fd in inherited + list(keep):
         if fd not in preserved:
@@ -520,23 +611,4 @@ def run(opts: Options) -> int:
         set_subreaper(True)
     except OSError as err:
         diag.warn(f"Failed to become a child subreaper: {err.strerror}")
-
-    sync = SyncPipe(sync_fd, key)
-    attach_pipe = SyncPipe(attach_fd, "data") if attach_fd is not None else None
-    monitor = Monitor(opts, diag, sync, attach_pipe, start_fd, inherited, old_oom, sinks)
-    monitor.settings = settings
-    try:
-        return monitor.run()
-    except Fatal as err:
-        diag.error(str(err))
-        monitor._teardown()
-        return 1
-    except OSError as err:
-        diag.error(f"{err}")
-        sync.send(-1, str(err))
-        monitor._teardown()
-        return 1
-    finally:
-        if monitor.metrics is not None:
-            monitor.metrics.remove()
-
+    return inherited

@@ -26,6 +26,8 @@ import _socket
 import errno
 import os
 
+from .unixpath import SUN_PATH_MAX, bind_in, via_fd
+
 TYPE_CHECKING = False  # typing costs 7 ms at start-up
 
 if TYPE_CHECKING:
@@ -36,7 +38,6 @@ ALLOWED_PREFIXES = (b"STATUS=", b"ERRNO=", b"BUSERROR=", b"MONOTONIC_USEC=")
 
 _RECV_SIZE = 65536  # longer datagrams are truncated; sd_notify messages are short
 _MAX_PER_WAKEUP = 256  # level-triggered: a flooding container can't starve the loop
-_SUN_PATH_MAX = 107
 
 
 def filter_notify(payload: bytes) -> bytes:
@@ -63,13 +64,8 @@ class NotifyRelay:
         dirfd = os.open(notify_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         sock = None
         try:
-            try:
-                os.unlink("notify.sock", dir_fd=dirfd)
-            except FileNotFoundError:
-                pass
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK)
-            sock.bind(f"/proc/self/fd/{dirfd}/notify.sock")
-            os.chmod("notify.sock", 0o777, dir_fd=dirfd)
+            bind_in(sock, dirfd, "notify.sock", 0o777)
             self._out = _socket.socket(
                 _socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK
             )
@@ -87,13 +83,13 @@ class NotifyRelay:
     def _host_address(self, path: str) -> str:
         if path.startswith("@"):  # abstract namespace, as sd_notify(3) accepts
             return "\0" + path[1:]
-        if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        if len(os.fsencode(path)) <= SUN_PATH_MAX:
             return path
         try:
             self._host_dirfd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return path  # sendto fails and warns
-        return f"/proc/self/fd/{self._host_dirfd}/{os.path.basename(path)}"
+        return via_fd(self._host_dirfd, os.path.basename(path))
 
     def on_readable(self) -> None:
         """Read the pending datagrams and forward what passes the filter; never raises."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 
 from .config import LogLimit
+from .streams import STDERR
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from .loop import EventLoop, Timer
     from .stdio import ContainerStdio
 
-STDERR = 3
 MARKER_INTERVAL = 1.0  # seconds: at most one marker per interval
 MIN_READ = 64 << 10
 CONTINUATION_MAX = 64 << 10  # how far over the limit the end of a begun line may go

@@ -255,16 +255,16 @@ class StubSession:
             self._quit(int(done.value))
         except Fatal as err:
             monitor.diag.error(str(err))
-            monitor._teardown()
+            monitor.teardown()
             self._quit(1)
         except OSError as err:
             monitor.diag.error(f"{err}")
             monitor.sync.send(-1, str(err))
-            monitor._teardown()
+            monitor.teardown()
             self._quit(1)
         except Exception as err:  # noqa: BLE001 - one container's bug must not end the server
             monitor.diag.error(f"Internal error: {err!r}")
-            monitor._teardown()
+            monitor.teardown()
             self._quit(1)
 
     def _quit(self, code: int) -> None:
@@ -290,7 +290,7 @@ class StubSession:
         self.sock.close()
         if self.monitor is not None and not self.finished:
             self.finished = True
-            self.monitor._teardown()  # like a killed C conmon: the container loses its reader
+            self.monitor.teardown()  # like a killed C conmon: the container loses its reader
             self.monitor.sync.close()
         if self.sinks is not None:
             self.sinks.close()

@@ -34,6 +34,7 @@ from _collections import deque
 
 from .diag import Diagnostics
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
+from .streams import STDERR, STDOUT
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up; annotations are strings anyway
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from .loop import Timer
     from .ratelimit import BlockGate
 
-STDOUT, STDERR = 2, 3
 READ_CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
@@ -142,6 +142,21 @@ class ContainerStdio:
         self.sources.append(OutputSource(r, STDERR))
         self.child_fds = [-1, -1, w]
         return self.console.path
+
+    @property
+    def has_pty(self) -> bool:
+        """Whether the runtime has handed over the pty (with ``-t``)."""
+        return self.pty_master >= 0
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the pty's window size; OSError if that fails.  Requires :attr:`has_pty`."""
+        from .ctl import resize_pty
+        resize_pty(self.pty_master, rows, cols)
+
+    def take_console(self) -> None:
+        """After the runtime exited: the pty from the console socket, if it was sent and not taken yet."""
+        if self.console is not None:
+            self.receive_console()
 
     def receive_console(self, events: int = 0) -> None:
         """Take the pty master from the console socket if the runtime has sent it."""

@@ -16,7 +16,8 @@ import threading
 import pytest
 
 from pyconmon.loop import EventLoop
-from pyconmon.stdio import STDERR, STDOUT, ContainerStdio
+from pyconmon.stdio import ContainerStdio
+from pyconmon.streams import STDERR, STDOUT
 from support.diag import RecordingDiag
 
 F_GETPIPE_SZ = 1032
