@@ -19,7 +19,19 @@ import signal
 import tempfile
 import time
 
-from .system import CLK_TCK, RUNC, BenchFailure, H, Inotify, exit_code_in, reap, run_quiet, tb_bundle, zombie_cpu
+from .system import (
+    CLK_TCK,
+    RUNC,
+    BenchFailure,
+    H,
+    Inotify,
+    exit_code_in,
+    proc_kv,
+    reap,
+    run_quiet,
+    tb_bundle,
+    zombie_cpu,
+)
 
 PROBE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime_probe.c")
 
@@ -122,6 +134,7 @@ class Run:
         """Wait for the monitor to exit; reap it; return its CPU: first process + daemon (+ the
         runtime child's work before its exec when the runtime probe is used)."""
         cpu, sched = zombie_cpu(self.daemon_pid, self.daemon_pidfd, timeout)
+        status = proc_kv(f"/proc/{self.daemon_pid}/status")  # a zombie's still holds its final counts
         reap(self.daemon_pid)
         os.close(self.daemon_pidfd)
         self.daemon_pidfd = None
@@ -133,7 +146,10 @@ class Run:
         out = {"cpu_s": sched_s if precise else stat_s, "cpu_source": "schedstat" if precise else "stat",
                "stat_cpu_s": stat_s, "sched_cpu_s": sched_s, "cpu_daemon_stat_s": cpu,
                "cpu_first_stat_s": self.first_cpu,
-               "cpu_first_s": self.first_sched / 1e9 if precise else self.first_cpu}
+               "cpu_first_s": self.first_sched / 1e9 if precise else self.first_cpu,
+               # the daemon's sleeps (waiting for the container, journald, a client) and preemptions
+               "voluntary_ctxt_switches": status.get("voluntary_ctxt_switches"),
+               "nonvoluntary_ctxt_switches": status.get("nonvoluntary_ctxt_switches")}
         child = self.runtime_child_cpu()
         if child is not None:
             out["cpu_runtime_child_s"] = child[0] / 1e9

@@ -161,6 +161,8 @@ class LoggingSection(Section):
             self.results.add(f"{mode}/{wl.key}/cpu_s", mon, cpu["cpu_s"], detail)
             self.results.add(f"{mode}/{wl.key}/wall_s", mon, wall)
             extra = f"  attach {detail['attach']['packets']} packets" if "attach" in detail else ""
+            if cpu.get("voluntary_ctxt_switches") is not None:
+                extra += f"  {cpu['voluntary_ctxt_switches']:,} sleeps"
             print(f"    {mon.name:8} CPU {cpu['cpu_s']:7.3f} s (stat {cpu['stat_cpu_s']:.2f}; "
                   f"start-up {cpu['cpu_first_s']:.3f})  "
                   f"wall {wall:7.3f} s  {got['records']:,} records{extra}  ok (checked in {verify_s:.1f} s)",
