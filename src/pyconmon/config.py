@@ -140,6 +140,7 @@ class Settings:
     """Effective settings; the class attributes are the defaults (today's behaviour)."""
 
     source: str | None = None  # the file they came from, if any
+    error: str | None = None  # why they were refused (the monitor reports it after the fork)
     log_rate = 0  # bytes per second; 0: no limit
     log_burst = 0  # bytes; 0: one second's worth
     log_policy = "drop"

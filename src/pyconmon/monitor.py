@@ -477,6 +477,10 @@ def run(opts: Options) -> int:
         inherited = _detach_from_caller(opts, diag, pipes)
     except _Stop as stop:
         return stop.status
+    if settings.error is not None:
+        pipes.fail(settings.error)
+        sinks.close()
+        return 1
     sync = SyncPipe(pipes.sync, pipes.key)
     attach_pipe = SyncPipe(pipes.attach, "data") if pipes.attach is not None else None
     monitor = Monitor(opts, diag, sync, attach_pipe, pipes.start, inherited, old_oom, sinks)
@@ -530,16 +534,18 @@ def _caller_pipes(opts: Options, diag: Diagnostics) -> CallerPipes:
 
 def _open_logs(opts: Options, diag: Diagnostics, pipes: CallerPipes) -> tuple[Settings, LogSinks]:
     """Settings and log files, before anything starts, so a bad one is a clear error."""
-    from .config import SettingsError, for_container
+    from .config import Settings, SettingsError, for_container
     from .logpath import LogPathError
     from .logsink import LogSinks
     from .options import ConfigError
     try:  # pyconmon.toml and the io.pyconmon.* annotations: a bad one is refused like a bad option
         settings = for_container(None if opts.exec_ else opts.bundle, passthrough="passthrough" in opts.log_kinds())
     except SettingsError as err:
+        # Said now, while stderr is the caller's; refused after the fork (run), like a failing
+        # runtime, because CRI-O reads the sync pipe only when the first process exits 0.
         diag.error(str(err))
-        pipes.fail(str(err))
-        raise _Stop(1) from None
+        settings = Settings()
+        settings.error = str(err)
     try:
         sinks = LogSinks.from_options(opts, diag, settings)
     except ConfigError as err:  # conmon's last option checks come after opening the k8s-file

@@ -336,3 +336,24 @@ def test_monitor_killed_is_reported(crio_pods, handler):
     poll_until(lambda: not pid_alive(pid), 30, what="container process gone")
     # With no exit file CRI-O cannot know the code: -1, "Error".
     assert crio.exited(cid) == (-1, "Error")
+
+
+# -- issue 14: io.pyconmon.* annotations through CRI-O ------------------------
+
+
+def test_crio_passes_pyconmon_annotations(crio_pods):
+    """Container annotations reach the monitor's config.json: a `drop` limit, markers exact; a bad value refused."""
+    crio = crio_pods
+    pod = crio.run_pod("pyconmon", "annotated")
+    line = "a" * 99
+    cid = crio.run(pod, "flood", ["sh", "-c", f"yes {line} | head -c 3000000"],
+                   annotations={"io.pyconmon.log.rate": "64k", "io.pyconmon.log.policy": "drop"})
+    assert crio.exited(cid)[0] == 0
+    records = read_k8s_log(crio.log_path(cid))
+    out = [x for x in join_lines(records) if x.stream == "stdout"]
+    assert out and all(x.complete and x.content == line.encode() for x in out)
+    marks = [int(m.group(1)) for r in records if (m := re.search(rb"dropped (\d+) bytes", r.content))]
+    assert marks and sum(marks) == 3_000_000 - 100 * len(out)
+    # refused on the sync pipe; CRI-O shows the monitor's message
+    with pytest.raises(RuntimeError, match=r"io\.pyconmon\.log\.policy: must be one of drop, block"):
+        crio.run(pod, "bad", ["true"], annotations={"io.pyconmon.log.policy": "sometimes"})

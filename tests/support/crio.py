@@ -154,7 +154,7 @@ class Crio:
         return pod
 
     def container_config(self, name, command, *, attempt=0, stdin=False, stdin_once=False, tty=False,
-                         memory_limit=None):
+                         memory_limit=None, annotations=None):
         cfg = {
             "metadata": {"name": name, "attempt": attempt},
             "image": {"image": self.image},
@@ -164,6 +164,8 @@ class Crio:
             "stdin": stdin, "stdin_once": stdin_once, "tty": tty,
             "linux": {},
         }
+        if annotations:
+            cfg["annotations"] = dict(annotations)
         if memory_limit:
             cfg["linux"]["resources"] = {"memory_limit_in_bytes": memory_limit,
                                          "memory_swap_limit_in_bytes": memory_limit}
