@@ -160,6 +160,12 @@ class MetricsReporter:
         fams.append(Family("pyconmon_log_rotations_total", "counter",
                            "Log files started afresh (size limit, rotation or a reopen request).")
                     .add(sum(getattr(w, "rotations", 0) for w in writers)))
+        fams.append(Family("pyconmon_log_buffer_waits_total", "counter",
+                           "Times reading waited because the log buffer (log.buffer) was full.")
+                    .add(sum(getattr(w, "full_count", 0) for w in writers)))
+        fams.append(Family("pyconmon_log_buffer_peak_bytes", "gauge",
+                           "The most output that waited in the log buffer at once.")
+                    .add(max((getattr(w, "peak", 0) for w in writers), default=0)))
         attach = monitor.attach if monitor else None
         if attach is not None:
             self._attach_seen = (len(attach.clients), attach.accepted, attach.kicked)

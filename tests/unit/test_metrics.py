@@ -69,3 +69,38 @@ def test_unwritable_directory_is_one_warning(tmp_path):
     reporter.write()
     reporter.remove()
     assert len(diag.warnings()) == 1 and "metrics" in diag.warnings()[0]
+
+
+def test_buffer_and_writer_counters_come_from_the_monitors_writers(tmp_path):
+    from types import SimpleNamespace
+
+    from pyconmon.logbuffer import BufferedLogWriter
+    from pyconmon.logsink import LogSinks
+
+    class Inner:
+        write_errors, lost_bytes, rotations = 2, 300, 4
+
+        def write(self, stream, data):
+            pass
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    buffered = BufferedLogWriter(Inner(), 100)
+    loop = EventLoop()
+    held = []
+    buffered.attach_loop(loop, held.append)
+    buffered.write(2, b"x" * 150)  # over the limit: reading waits once
+    buffered.flush()
+    sinks = LogSinks([buffered], RecordingDiag())
+    monitor = SimpleNamespace(limiter=None, sinks=sinks, attach=None, oom_killed=True)
+    reporter = MetricsReporter(str(tmp_path), "c", "n", loop, RecordingDiag())
+    reporter.monitor = monitor  # type: ignore[assignment]
+    got = {(s_name, v) for s_name, v in ((k[0], val) for k, val in parse(render(reporter.families(), {})).items())}
+    assert {("pyconmon_log_write_errors_total", 2), ("pyconmon_dropped_bytes_total", 300),
+            ("pyconmon_log_rotations_total", 4), ("pyconmon_log_buffer_waits_total", 1),
+            ("pyconmon_log_buffer_peak_bytes", 150), ("pyconmon_oom_kills_total", 1)} <= got
+    sinks.close()
