@@ -104,3 +104,10 @@ def test_buffer_and_writer_counters_come_from_the_monitors_writers(tmp_path):
             ("pyconmon_log_rotations_total", 4), ("pyconmon_log_buffer_waits_total", 1),
             ("pyconmon_log_buffer_peak_bytes", 150), ("pyconmon_oom_kills_total", 1)} <= got
     sinks.close()
+
+
+def test_count_lines_equals_bytes_count():
+    from pyconmon.metrics import count_lines
+    for data in (b"", b"x", b"\n", b"\n" * 200, b"a\nb", (b"x" * 999 + b"\n") * 70, b"y\n" * 63 + b"z" * 10,
+                 b"y\n" * 64, b"y\n" * 65 + b"tail", b"\n" + b"q" * 5000):
+        assert count_lines(data) == data.count(b"\n")
