@@ -9,7 +9,39 @@
 set -euo pipefail
 . "$(dirname "$0")/versions.sh"
 
-GO=${GO:-/usr/local/go/bin/go}
+GO_TOOLCHAIN=go1.26.8   # when the machine has no Go >= 1.26.3 of its own
+
+go_ok() {  # $1 is a go command of version >= 1.26.3
+    local v
+    v=$("$1" env GOVERSION 2>/dev/null) || return 1
+    v=${v#go}
+    printf '%s\n%s\n' 1.26.3 "$v" | sort -C -V
+}
+
+# A Go >= 1.26.3: $GO, /usr/local/go (this project's machines), or the Go
+# toolchain module golang.org/toolchain from the module proxy, fetched by
+# Debian's own (older) Go and kept under the cache dir.
+find_go() {
+    local g
+    for g in "${GO:-}" /usr/local/go/bin/go "$(command -v go || true)"; do
+        if [ -n "$g" ] && [ -x "$g" ] && go_ok "$g"; then GO=$g; return 0; fi
+    done
+    local root=$PYCONMON_CRIO_CACHE/$GO_TOOLCHAIN
+    if [ ! -x "$root/bin/go" ]; then
+        command -v go >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go </dev/null >&2
+        local dir
+        dir=$(GOFLAGS=-modcacherw go mod download -json "golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-amd64" |
+              sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+        [ -d "$dir" ] || { echo "build.sh: could not fetch the $GO_TOOLCHAIN toolchain module" >&2; exit 1; }
+        rm -rf "$root.tmp"
+        cp -a "$dir" "$root.tmp"
+        chmod -R u+w "$root.tmp"
+        chmod +x "$root.tmp"/bin/* "$root.tmp"/pkg/tool/*/*   # module zips keep no exec bits
+        mv "$root.tmp" "$root"
+    fi
+    GO=$root/bin/go
+    go_ok "$GO" || { echo "build.sh: $GO is not Go >= 1.26.3" >&2; exit 1; }
+}
 unset GOFLAGS                 # a -mod=... GOFLAGS breaks `go install pkg@version`
 export CGO_ENABLED=1 GOTOOLCHAIN=local
 # Two shared cores: at most two compile jobs at a time.
@@ -58,6 +90,7 @@ build_crictl() {
 mkdir -p "$PYCONMON_CRIO_CACHE"
 exec 8>"$PYCONMON_CRIO_CACHE/build.lock"
 flock 8
+[ -x "$CRIO_CACHE/crio" ] && [ -x "$CRICTL_CACHE/crictl" ] || find_go
 build_crictl
 build_crio
 echo "$CRIO_CACHE/crio"

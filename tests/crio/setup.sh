@@ -80,10 +80,6 @@ install_packages() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" </dev/null >&2 || {
             apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" </dev/null >&2; }
     fi
-    if [ ! -x /usr/local/go/bin/go ] && ! command -v go >/dev/null; then
-        echo "setup.sh: no Go toolchain (want /usr/local/go/bin/go, Go >= 1.26.3)" >&2
-        exit 1
-    fi
 }
 
 build_helpers() {
