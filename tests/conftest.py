@@ -7,12 +7,14 @@
   container it created (``runc delete -f`` by id) and stops leftover monitors.
 - ``tracker``: the Tracker behind ``testbed``, for ids you create by hand.
 - ``rootfs``: the shared busybox root file system (built once).
+- ``short_dir``: a fresh short directory under /tmp, for sockets (unit tests).
 - ``podman``: a session-wide private Podman (tests/support/podman.py);
   ``podman_clean`` is the same object but removes, at the end of the test,
   the containers that test created.
 """
 
 import os
+import shutil
 import sys
 import warnings
 
@@ -56,6 +58,14 @@ def monitor_bin(request):
 @pytest.fixture(scope="session")
 def rootfs():
     return make_rootfs()
+
+
+@pytest.fixture
+def short_dir():
+    """A fresh directory with a short path under /tmp (socket paths must stay under 108 bytes); removed after."""
+    path = short_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from support import C_CONMON, LAUNCHER, RUNC
+from support.bundle import no_pid_ns
 from support.harness import (
     Deadline,
     container_state,
@@ -27,24 +28,15 @@ from support.harness import (
     proc_cmdline,
     read_exit_file,
     read_k8s_log,
+    runc_kill,
     wait_pid_gone,
+    write_script,
 )
 from support.validation import ROWS as VALIDATION_ROWS
 from support.validation import c_line, pyconmon_line
 
 # --------------------------------------------------------------------------
 # helpers
-
-
-def no_pid_ns(spec):
-    """Bundle edit: share the host pid namespace, so the container process is
-    not a namespace init and can die of its own (or an unhandled) signal."""
-    ns = spec["linux"]["namespaces"]
-    spec["linux"]["namespaces"] = [n for n in ns if n["type"] != "pid"]
-
-
-def runc_kill(cid, sig):
-    subprocess.run([RUNC, "kill", cid, sig], check=True, capture_output=True, timeout=30)
 
 
 def log_has(m, needle, stream="stdout"):
@@ -98,13 +90,6 @@ def stderr_of(m):
     return m.stderr
 
 
-def write_script(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o755)
-    return path
-
-
 # --------------------------------------------------------------------------
 # exit codes
 
@@ -127,7 +112,7 @@ def test_exit_codes(testbed, monitor_bin, case):
     m = testbed.run(monitor_bin, args, **kw)
     assert m.sync_msg == {"data": m.container_pid}, m.describe()
     if kill:
-        runc_kill(m.cid, kill)
+        runc_kill(m.cid, kill, check=True)
     assert m.wait_exit_file() == code
     with open(m.exit_file, "rb") as f:
         assert f.read() == str(code).encode()  # no newline
@@ -504,7 +489,7 @@ def test_pidfiles(testbed, monitor_bin):
     with open(f"/proc/{m.container_pid}/status") as f:
         ppid = int(next(x for x in f if x.startswith("PPid:")).split()[1])
     assert ppid == m.pid  # the monitor (a subreaper) is the container's parent
-    runc_kill(m.cid, "KILL")
+    runc_kill(m.cid, "KILL", check=True)
     assert m.wait_exit_file() == 137
     wait_pid_gone(m.pid, 10)
     assert not pid_alive(m.pid)
@@ -621,7 +606,7 @@ def test_leave_stdin_open(testbed, monitor_bin):
     assert c2.read_until(lambda o: b"two\n" in o.get(2, b"")) == {2: b"two\n"}
     assert read_exit_file(m.exit_file) is None
     assert container_state(m.cid)["status"] == "running"
-    runc_kill(m.cid, "KILL")
+    runc_kill(m.cid, "KILL", check=True)
     assert m.wait_exit_file() == 137
     assert [x.content for x in m.log_lines()] == [b"one", b"two"]
 

@@ -24,7 +24,7 @@ import subprocess
 
 import pytest
 
-from support import C_CONMON, LAUNCHER, RUNC
+from support import C_CONMON, LAUNCHER
 from support.harness import (
     CRIO_RUNTIME_ROOT,
     container_state,
@@ -32,6 +32,7 @@ from support.harness import (
     poll_until,
     read_k8s_log,
     read_pidfile,
+    runc_kill,
     wait_pid_gone,
 )
 
@@ -49,11 +50,6 @@ def crio_monitor(request, monitor_named):
 def any_monitor(request, monitor_named):
     """C conmon, the checkout launcher and the installed binary."""
     return monitor_named(request.param)
-
-
-def runc_kill(cid, sig):
-    subprocess.run([RUNC, "--root", CRIO_RUNTIME_ROOT, "kill", cid, sig], check=True, capture_output=True,
-                   timeout=30)
 
 
 def records(path):
@@ -138,7 +134,7 @@ def test_create_like_crio(testbed, crio_monitor):
     poll_until(lambda: log_has(m.log_path, b"oops") and log_has(m.log_path, b"hello"), what="output logged")
     assert sorted((s, c) for s, _, c in records(m.log_path)) == [("stderr", b"oops"), ("stdout", b"hello")]
     assert not os.listdir(m.persist_dir) and not os.listdir(m.exit_dir)
-    runc_kill(m.cid, "KILL")
+    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
     assert m.wait_exit_file() == 137
     assert m.persist_exit() == 137
     with open(os.path.join(m.persist_dir, "exit"), "rb") as f:
@@ -162,7 +158,7 @@ def test_installed_binary_empty_environment(testbed, installed_conmon):
     r = subprocess.run(["pidof", "conmon"], capture_output=True, text=True, check=False)
     assert str(m.pid) in r.stdout.split()
     poll_until(lambda: log_has(m.log_path, b"from-installed"), what="output logged")
-    runc_kill(m.cid, "KILL")
+    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
     assert m.wait_exit_file() == 137
     assert m.persist_exit() == 137
 
@@ -176,7 +172,7 @@ def test_first_process_lets_go_of_callers_stdio(testbed, crio_monitor, terminal)
     assert m.wait_stdio_eof(5), "the running monitor or container still holds CRI-O's stdout/stderr"
     assert container_state(m.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
     assert m.stdout == m.stderr == b""
-    runc_kill(m.cid, "KILL")
+    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
     assert m.wait_exit_file() == 137
 
 
@@ -231,7 +227,7 @@ def test_stdin_not_once(testbed, crio_monitor):
     c2.send(b"two\n")
     assert c2.read_until(lambda o: b"two\n" in o.get(2, b"")) == {2: b"two\n"}
     assert container_state(m.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
-    runc_kill(m.cid, "KILL")
+    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
     assert m.wait_exit_file() == 137
 
 
@@ -262,7 +258,7 @@ def test_reopen_log_makes_an_event_and_empties_the_log(testbed, crio_monitor):
     c = m.attach()
     c.send(b"after\n")
     poll_until(lambda: records(m.log_path) == [("stdout", "F", b"after")], what="new output in the new file")
-    runc_kill(m.cid, "KILL")
+    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
     assert m.wait_exit_file() == 137
     assert records(m.log_path) == [("stdout", "F", b"after")]
 

@@ -21,7 +21,8 @@ import subprocess
 import pytest
 
 from support import C_CONMON, LAUNCHER
-from support.harness import K8S_TS_RE, join_lines, read_k8s_log
+from support.bundle import no_pid_ns
+from support.harness import K8S_TS_RE, join_lines, read_k8s_log, write_script
 
 MONITORS = {"conmon": C_CONMON, "pyconmon": LAUNCHER}
 
@@ -39,17 +40,6 @@ def records(path):
     for r in recs:
         assert K8S_TS_RE.match(r.timestamp.encode()), r.timestamp
     return [(r.stream, r.tag, r.content) for r in recs]
-
-
-def no_pid_ns(spec):
-    spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "pid"]
-
-
-def write_script(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o755)
-    return path
 
 
 def masked(chunks, pid):

@@ -23,13 +23,12 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 
 import pytest
 
-from support import C_CONMON, RUNC
+from support import is_c
 from support.harness import (
     container_state,
     join_lines,
@@ -38,6 +37,7 @@ from support.harness import (
     podman_create_args,
     poll_until,
     read_k8s_log,
+    runc_kill,
     write_ctl,
 )
 from support.journald_service import (
@@ -51,10 +51,6 @@ from support.journald_service import (
 
 MiB = 1 << 20
 LINE_BUF = 8192  # journald per-stream buffer (CONTRACT 5)
-
-
-def is_c(monitor):
-    return os.path.realpath(monitor) == os.path.realpath(C_CONMON)
 
 
 def skip_c(monitor, why):
@@ -105,10 +101,6 @@ def files_of(log):
 
 def run_podman(testbed, monitor, args, drivers=None, extra=(), **kw):
     return testbed.run(monitor, args, style="podman", log_driver=drivers, extra_args=list(extra), **kw)
-
-
-def runc_kill(cid, sig="KILL"):
-    subprocess.run([RUNC, "kill", cid, sig], capture_output=True, timeout=30)
 
 
 # --------------------------------------------------------------------------

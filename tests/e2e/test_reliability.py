@@ -26,12 +26,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import MONITORS, RUNC
+from support import MONITORS, RUNC, is_c
+from support.bundle import no_pid_ns
 from support.harness import (
     AttachClient,
     Deadline,
     container_state,
     pid_alive,
+    pidfile_runtime,
     poll_until,
     proc_cmdline,
     read_exit_file,
@@ -42,16 +44,6 @@ from support.harness import (
 
 LAUNCHER = MONITORS["pyconmon"]
 C_CONMON = MONITORS["conmon"]
-
-
-def is_c(monitor):
-    return monitor == C_CONMON
-
-
-def no_pid_ns(spec):
-    """Bundle edit: share the host pid namespace, so the container process is not a namespace init
-    (an init ignores every signal it has no handler for, SIGKILL from inside included)."""
-    spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "pid"]
 
 
 def stream_bytes(path, stream="stdout"):
@@ -642,24 +634,9 @@ def test_id_with_slash_or_dotdot_is_refused(testbed, which, value):
     assert os.listdir(m.socket_dir) == [] and os.listdir(m.exit_dir) == []
 
 
-# A runtime that "creates" a container (a short sleep, its pid in the pid file) whatever its id is
-# (runc itself refuses ids with '/').
-PIDFILE_RUNTIME = """#!/bin/sh
-while [ $# -gt 0 ]; do
-  case "$1" in --pid-file) pidfile=$2; shift ;; esac
-  shift
-done
-sleep 1 </dev/null >/dev/null 2>&1 &
-printf %s $! > "$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile"
-"""
-
-
 def test_c_conmon_follows_dotdot_in_cid(testbed):
     """What the check prevents: C conmon 2.1.6 writes the exit file to <exit dir>/../<name>."""
-    runtime = os.path.join(testbed.workdir("rt"), "runtime")
-    with open(runtime, "w") as f:
-        f.write(PIDFILE_RUNTIME)
-    os.chmod(runtime, 0o755)
+    runtime = pidfile_runtime(os.path.join(testbed.workdir("rt"), "runtime"), sleep=1)  # any id, even ../x
     name = f"pcm-escape-{os.getpid()}-{time.monotonic_ns()}"
     m = testbed.run(C_CONMON, ["true"], style="crio", start=False, extra_args=["--cid", f"../{name}", "-r", runtime])
     escaped = os.path.join(os.path.dirname(m.exit_dir), name)

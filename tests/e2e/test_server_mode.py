@@ -17,8 +17,7 @@ import threading
 import pytest
 
 from pyconmon import protocol
-from support import RUNC
-from support.harness import poll_until
+from support.harness import poll_until, runc_kill
 from support.installed import install_podman_conmon
 from support.installed import unavailable_reason as install_unavailable
 
@@ -61,11 +60,6 @@ def server_socket(pid):
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
     return argv[argv.index(b"--socket") + 1].decode()
-
-
-def runc_kill(cid, sig="KILL"):
-    import subprocess
-    subprocess.run([RUNC, "kill", cid, sig], capture_output=True, timeout=30, check=False)
 
 
 def proc_text(pid, name):

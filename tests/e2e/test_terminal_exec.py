@@ -19,23 +19,21 @@ import time
 
 import pytest
 
-from support import C_CONMON, MONITORS, RUNC
+from support import MONITORS, RUNC, is_c
 from support.harness import (
     new_cid,
     pid_alive,
+    pidfile_runtime,
     poll_until,
     read_exit_file,
     read_pidfile,
     wait_for_path,
     wait_pid_gone,
     write_ctl,
+    write_script,
 )
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def is_py(monitor):
-    return monitor != C_CONMON  # the checkout launcher, an installed one, the server-mode stub
 
 
 def cpu_seconds(pid):
@@ -144,7 +142,7 @@ def test_resize_seen_by_stty(testbed, monitor_bin, fifo, pieces):
     """[conmon] ctl-two-lines: C conmon 2.1.6 parses the first line of a read once per line in it
     (sscanf on the buffer start): it applies 2x3 twice and never 40x100, so the script gives up
     waiting after 10 s and reports 2x3."""
-    c_two_lines = len(pieces[0].splitlines()) > 1 and not is_py(monitor_bin)
+    c_two_lines = len(pieces[0].splitlines()) > 1 and is_c(monitor_bin)
     m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", wait_size(40, 100)])
     wait_ready(client)
     fd = os.open(os.path.join(m.bundle, fifo), os.O_WRONLY | os.O_NONBLOCK)
@@ -168,7 +166,7 @@ def test_ctl_fifos_are_fifos_0660(testbed, monitor_bin):
         assert stat.S_ISFIFO(st.st_mode), name
         modes[name] = stat.S_IMODE(st.st_mode)
     # CONTRACT 4 says 0660; C conmon's mkfifo(0660) goes through its umask 022: 0640
-    assert modes["ctl"] == (0o660 if is_py(monitor_bin) else 0o640), modes
+    assert modes["ctl"] == (0o660 if not is_c(monitor_bin) else 0o640), modes
 
 
 def test_stale_ctl_and_winsz_are_replaced(testbed, monitor_bin):
@@ -256,7 +254,7 @@ def test_ctl_garbage_then_valid_resize(testbed, monitor_bin):
     """
     m, client = started_with_client(testbed, monitor_bin, ["sh", "-c", wait_size(33, 77)])
     wait_ready(client)
-    if not is_py(monitor_bin):
+    if is_c(monitor_bin):
         _c_conmon_spins_on_ctl(m)
         return
     rng = random.Random(0x5eed)
@@ -311,34 +309,14 @@ def test_pty_closed_until_exit(testbed, monitor_bin):
     m.wait(10)
 
 
-def write_script(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o755)
-    return path
-
-
-# A runtime that "creates" the container (a sleep it starts, its pid in the pid
-# file) and succeeds, but never connects to the console socket.
-NO_CONSOLE_RUNTIME = """#!/bin/sh
-while [ $# -gt 0 ]; do
-  case "$1" in --pid-file) pidfile=$2; shift ;; esac
-  shift
-done
-sleep 30 </dev/null >/dev/null 2>&1 &
-printf %s $! > "$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile"
-exit 0
-"""
-
-
 def test_runtime_did_not_set_up_terminal(testbed, monitor_bin):
-    fake = write_script(os.path.join(testbed.workdir("rt"), "fake-runtime"), NO_CONSOLE_RUNTIME)
+    fake = pidfile_runtime(os.path.join(testbed.workdir("rt"), "fake-runtime"))  # never sends a pty
     tmpdir = testbed.short_dir()
     m = testbed.run(monitor_bin, ["true"], terminal=True, start=False, extra_args=["-r", fake],
                     env_extra={"TMPDIR": tmpdir})
     try:
         m.wait(10)
-        if is_py(monitor_bin):
+        if not is_c(monitor_bin):
             assert m.sync_msg == {"data": -1, "message": "Runtime did not set up terminal"}, m.describe()
             assert m.read_sync(5) is None
             assert os.listdir(tmpdir) == [], "console socket removed"
@@ -549,7 +527,7 @@ def test_exec_attach_without_attach_pipe(testbed, monitor_bin, sleeper, sync):
     err = e.stderr
     assert err.startswith(b"[conmon:e]: --attach specified but _OCI_ATTACHPIPE was not"), err
     assert err.count(b"\n") == 1, err
-    if is_py(monitor_bin):
+    if not is_c(monitor_bin):
         assert err == b"[conmon:e]: --attach specified but _OCI_ATTACHPIPE was not set\n"
     assert read_pidfile(e.pidfile) is None
     assert read_exit_file(e.exit_file) is None
@@ -604,7 +582,7 @@ def test_exec_it_pty_stays_open_after_client_eof(testbed, monitor_bin, sleeper):
     e.client.shutdown_write()
     second = e.attach()
     second.send(b"two\n")
-    if not is_py(monitor_bin):
+    if is_c(monitor_bin):
         with pytest.raises(TimeoutError):
             second.read_until(lambda o: b"two" in o.get(2, b""), 3)
         assert pid_alive(e.container_pid), "the exec process still waits for its second line"

@@ -30,3 +30,8 @@ BUSYBOX = "/bin/busybox"
 
 # name -> path of every monitor the end-to-end tests compare.
 MONITORS = {"conmon": C_CONMON, "pyconmon": LAUNCHER}
+
+
+def is_c(monitor):
+    """Whether ``monitor`` is Debian's C conmon (any other is a pyconmon: checkout, installed, stub)."""
+    return os.path.realpath(monitor) == os.path.realpath(C_CONMON)

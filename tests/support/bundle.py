@@ -178,6 +178,13 @@ def make_bundle(path, args, terminal=False, env=None, memory_limit=None, rootfs=
     return path
 
 
+def no_pid_ns(spec):
+    """Bundle edit (``edit=no_pid_ns``): share the host pid namespace, so the container process is not
+    a namespace init (an init ignores every signal it has no handler for) and can die of its own, or
+    an unhandled, signal."""
+    spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "pid"]
+
+
 def read_spec(bundle):
     with open(os.path.join(bundle, "config.json")) as f:
         return json.load(f)

@@ -108,10 +108,42 @@ def container_state(cid, root=None):
     return json.loads(r.stdout)
 
 
+def runc_kill(cid, sig="KILL", root=None, check=False):
+    """``runc kill CID SIG``; with ``check`` a failure raises."""
+    return _runc(["kill", cid, sig], root=root, check=check)
+
+
 def cleanup(cid, root=None):
     """``runc delete -f CID``; a container that is already gone is fine. Returns True if runc succeeded."""
     r = _runc(["delete", "-f", cid], root=root)
     return r.returncode == 0
+
+
+# --------------------------------------------------------------------------
+# scripts and fake runtimes
+
+
+def write_script(path, text):
+    """An executable file ``path`` holding ``text``; returns the path."""
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    return path
+
+
+def pidfile_runtime(path, sleep=30):
+    """A fake runtime that "creates" any container: a ``sleep`` it starts (its pid written to
+    ``--pid-file`` atomically), then exits 0, never touching a console socket (and taking any id,
+    even one runc would refuse). Returns the script's path."""
+    return write_script(path, f"""#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in --pid-file) pidfile=$2; shift ;; esac
+  shift
+done
+sleep {sleep} </dev/null >/dev/null 2>&1 &
+printf %s $! > "$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile"
+exit 0
+""")
 
 
 # --------------------------------------------------------------------------

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import stat
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,13 +55,6 @@ def test_link_path_trim_rule(length):
 
 
 # -- the server ------------------------------------------------------------------
-
-
-@pytest.fixture
-def short_dir():
-    path = tempfile.mkdtemp(prefix="att-", dir="/tmp")  # socket paths must stay under 108 bytes
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Harness:

@@ -6,10 +6,8 @@ import array
 import fcntl
 import os
 import re
-import shutil
 import socket
 import stat
-import tempfile
 import termios
 import threading
 
@@ -48,13 +46,6 @@ def h():
     harness = Harness()
     yield harness
     harness.close()
-
-
-@pytest.fixture
-def short_dir():
-    path = tempfile.mkdtemp(prefix="stdio-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # -- pipes -----------------------------------------------------------------------
