@@ -308,7 +308,7 @@ def validate(opts: Options, cwd: str | None = None) -> None:
     The first failure raises ConfigError.  The checks that conmon makes only
     after it has opened the k8s-file log are in :func:`validate_log_options`.
     """
-    if not opts.cid:
+    if opts.cid is None:  # conmon tests for a missing option: an empty one passes
         raise ConfigError("Container ID not provided. Use --cid", prefix="conmon: ")
     if opts.log_level is not None:
         level = LOG_LEVELS.get(opts.log_level.lower())
@@ -321,12 +321,12 @@ def validate(opts: Options, cwd: str | None = None) -> None:
         raise ConfigError("Attach can only be specified with exec")
     if opts.exec_attach and not opts.api_version:
         raise ConfigError("Attach can only be specified for a non-legacy exec session")
-    if not opts.cuuid and not opts.legacy_exec:
+    if opts.cuuid is None and not opts.legacy_exec:
         raise ConfigError("Container UUID not provided. Use --cuuid")
-    if not opts.runtime:
+    if opts.runtime is None:
         raise ConfigError("Runtime path not provided. Use --runtime")
     _check_runtime(opts.runtime)
-    if opts.exec_ and not opts.exec_process_spec:
+    if opts.exec_ and opts.exec_process_spec is None:
         raise ConfigError("Exec process spec path not provided. Use --exec-process-spec")
     if cwd is None:
         try:
@@ -346,8 +346,8 @@ def validate(opts: Options, cwd: str | None = None) -> None:
     opts.log_drivers = [_parse_log_path(entry) for entry in opts.log_paths]
     for ident, what in ((opts.cid, "--cid"), (opts.cuuid, "--cuuid")):
         # pyconmon only: conmon would write <exit-dir>/<cid> outside the exit dir.
-        if ident is not None and ("/" in ident or ident in (".", "..") or "\0" in ident):
-            raise ConfigError(f"Invalid {what} {ident!r}: must not contain '/' or be '.' or '..'")
+        if ident is not None and ("/" in ident or ident in ("", ".", "..") or "\0" in ident):
+            raise ConfigError(f"Invalid {what} {ident!r}: must not contain '/' or be empty, '.' or '..'")
     if opts.bundle is None and not opts.exec_:
         opts.bundle = cwd
     if opts.container_pidfile is None:

@@ -96,9 +96,13 @@ def test_accepted_as_conmon_accepts(argv):
 
 @pytest.mark.parametrize("argv,text", [
     (["-c", "../etc", "-u", "x", "-r", "/bin/true", "-l", "none:"],
-     "Invalid --cid '../etc': must not contain '/' or be '.' or '..'"),
+     "Invalid --cid '../etc': must not contain '/' or be empty, '.' or '..'"),
     (["-c", CID, "-u", "a/b", "-r", "/bin/true", "-l", "none:"],
-     "Invalid --cuuid 'a/b': must not contain '/' or be '.' or '..'"),
+     "Invalid --cuuid 'a/b': must not contain '/' or be empty, '.' or '..'"),
+    (["-c", "", "-u", "x", "-r", "/bin/true", "-l", "none:"],
+     "Invalid --cid '': must not contain '/' or be empty, '.' or '..'"),
+    (["-c", CID, "-u", "", "-r", "/bin/true", "-l", "none:"],
+     "Invalid --cuuid '': must not contain '/' or be empty, '.' or '..'"),
 ])
 def test_pyconmon_only_refusals(argv, text):
     with pytest.raises(ConfigError) as err:
