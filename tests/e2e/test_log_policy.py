@@ -223,3 +223,18 @@ def test_journald_priority_identifier_and_drop_markers(testbed, policy_conmon, c
     logged = sum(len(e["MESSAGE"]) for e in es if e["MESSAGE"].startswith(b"x"))
     total = 3_000_000
     assert logged + sum(int(MARKER.search(e["MESSAGE"]).group(1)) for e in marks) == total
+
+
+def test_block_with_a_terminal(testbed, policy_conmon):
+    """The limit holds the pty master too: every line logged, at the rate."""
+    count = 300_000  # "%d\r\n" with ONLCR: ~2.2 MB
+    m, code, took = run_timed(testbed, policy_conmon, f"seq 1 {count}", terminal=True,
+                              bundle_kw={"edit": annotate({"io.pyconmon.log.rate": "512k",
+                                                           "io.pyconmon.log.burst": "128k",
+                                                           "io.pyconmon.log.policy": "block"})})
+    assert code == 0
+    text = stream_text(m.log_records())
+    assert text.replace(b"\r\n", b"\n") == b"".join(b"%d\n" % n for n in range(1, count + 1))
+    size = len(text)
+    # a pty buffers little (a few KiB), so nearly all of it waits for the limit
+    assert 0.8 * (size - 128 * 1024) / (512 * 1024) <= took <= size / (512 * 1024) + 3, (took, size)

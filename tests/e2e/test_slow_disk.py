@@ -73,3 +73,34 @@ def test_slow_disk_does_not_stall_the_container(testbed, policy_conmon, config_f
     assert tail[-1] == b"%d" % (1000000 + LINES - 1)
     assert tail == [b"%d" % n for n in range(int(tail[0]), 1000000 + LINES)]
     assert os.path.getsize(m.log_path) <= 3_000_000
+
+
+@pytest.mark.parametrize(("conf", "fsyncs"), [
+    (None, "one"),  # today's behaviour: the log is fsynced once, at exit
+    ('[log]\nsync = "none"\n', "none"),
+    ('[log]\nbuffer = "8M"\nsync = "rotate"\n', "per file"),
+], ids=["exit", "none", "rotate"])
+def test_sync_policy_counts_fsyncs(testbed, policy_conmon, config_file, tmp_path, conf, fsyncs):
+    if conf:
+        config_file(conf)
+    m = testbed.run(policy_conmon, ["sh", "-c", "seq 1 100000"], start=False, log_size_max=200_000)
+    out = tmp_path / "trace"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", str(out), "-p", str(m.monitor_pid()),
+                               "-e", "trace=fsync,rename"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll_until(lambda: traced(m.monitor_pid()), what="strace to attach")
+        m.start_container()
+        assert m.wait_exit_file(60) == 0
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    trace = out.read_text()
+    n_fsync = trace.count("fsync(")
+    n_reopen = trace.count(f', "{m.log_path}")')  # each size-limit reopen renames a fresh file into place
+    assert n_reopen >= 5
+    if fsyncs == "one":
+        assert n_fsync == 1
+    elif fsyncs == "none":
+        assert n_fsync == 0
+    else:
+        assert n_fsync == n_reopen + 1  # before each new file, and at exit
