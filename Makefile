@@ -9,7 +9,7 @@
 #   make podman               ... binary as $(PREFIX)/libexec/podman/conmon instead (no man page)
 #   make crio                 ... binary as $(PREFIX)/libexec/crio/conmon instead (no man page)
 #   make deb                  build/pyconmon_<version>_<arch>.deb (reproducible, see packaging/deb.py)
-#   make test | bench | bench-docs | lint | clean | uninstall
+#   make test | test-server | bench | bench-docs | lint | clean | uninstall
 #   make test-crio            the real CRI-O e2e tests alone (tests/crio/setup.sh)
 #
 # DESTDIR is honoured by every install target; the path compiled into the
@@ -97,7 +97,7 @@ STUB_DEFS := \
 	-DPYCONMON_VERSION_TEXT='$(VERSION_TEXT)'
 STUB_CMD := $(CC) -static $(CPPFLAGS) $(STUB_CFLAGS) $(STUB_DEFS) -o $(BUILDDIR)/stub/conmon launcher/stub.c $(LDFLAGS)
 
-.PHONY: all man install install-lib install-man podman crio deb uninstall test test-crio bench bench-docs lint clean \
+.PHONY: all man install install-lib install-man podman crio deb uninstall test test-crio test-server bench bench-docs lint clean \
 	check-python FORCE
 
 all: $(BUILDDIR)/conmon $(BUILDDIR)/stub/conmon $(BUILDDIR)/conmon.8
@@ -193,6 +193,18 @@ deb: check-python
 
 test:
 	$(DEV_PYTHON) -m pytest -q tests
+
+# The e2e suite with server mode forced on: the monitor under test is the stub of an install
+# whose mode file says "server" (the tests that bring their own monitors are left out).
+SERVER_TEST_DIR := $(abspath $(BUILDDIR))/server-mode
+test-server:
+	rm -rf '$(SERVER_TEST_DIR)'
+	mkdir -p '$(SERVER_TEST_DIR)'
+	echo server >'$(SERVER_TEST_DIR)/mode'
+	$(MAKE) --no-print-directory install ENTRY=stub PREFIX='$(SERVER_TEST_DIR)/prefix' \
+		BUILDDIR='$(SERVER_TEST_DIR)/build' PYCONMON_MODE_FILE='$(SERVER_TEST_DIR)/mode'
+	PYCONMON_TEST_MONITORS='$(SERVER_TEST_DIR)/prefix/bin/conmon' $(DEV_PYTHON) -m pytest -q tests/e2e \
+		--ignore=tests/e2e/test_package.py --ignore=tests/e2e/test_crio_real.py
 
 # tests/crio/setup.sh builds crio and crictl (cached under /var/cache/pyconmon-crio),
 # runs `make crio PREFIX=<its state dir>/prefix` (where its `pyconmon` runtime

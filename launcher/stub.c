@@ -68,6 +68,8 @@ static int g_inherited[MAX_INHERITED];
 static int g_n_inherited;
 static pid_t g_runtime_pid, g_target_pid;
 static int g_pidfd = -1;
+static int g_keep_out = -1, g_keep_err = -1; /* our copies of the output pipes' read ends */
+static int g_runtime_reaped, g_runtime_status, g_target_status;
 static char g_old_oom[32];
 static char *g_packet;
 
@@ -473,45 +475,64 @@ static void send_status(pid_t pid, int status)
 
 static int reaped_target;
 
+static void note_status(pid_t pid, int status)
+{
+    if (pid == g_target_pid) {
+        reaped_target = 1;
+        g_target_status = status;
+    }
+    if (pid == g_runtime_pid) {
+        g_runtime_reaped = 1;
+        g_runtime_status = status;
+    }
+}
+
 static void reap(void)
 {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        if (pid == g_target_pid)
-            reaped_target = 1;
+        note_status(pid, status);
         send_status(pid, status);
     }
 }
 
+/* For the runtime and the exit command: what the classic monitor resets (the rest of the
+ * caller's dispositions is inherited, as there). */
 static void reset_child_signals(void)
 {
     sigset_t none;
-    for (int sig = 1; sig < 32; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP)
-            signal(sig, SIG_DFL);
+    int reset[] = {SIGPIPE, SIGTERM, SIGINT, SIGQUIT, SIGCHLD};
+    for (size_t i = 0; i < sizeof reset / sizeof reset[0]; i++)
+        signal(reset[i], SIG_DFL);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* 'F' flags, stdio map, preserve count, argc, argv..., env... */
+/* 'F' flags, stdio map, kept read ends, preserve count, argc, argv..., env...
+ * fds: the child's stdio (as the map says), then the read ends to keep. */
 static void fork_runtime(char **f, int nf, int *fds, int nfds)
 {
     char errbuf[256];
     size_t len;
     int argc;
-    if (nf < 5 || (argc = atoi(f[3])) < 1 || 4 + argc > nf)
+    if (nf < 6 || (argc = atoi(f[4])) < 1 || 5 + argc > nf)
         goto bad;
-    const char *flags = f[0], *map = f[1];
-    int preserve = atoi(f[2]);
+    const char *flags = f[0], *map = f[1], *keep = f[2];
+    int preserve = atoi(f[3]);
+    int nchild = 0;
+    for (const char *m = map; *m; m++)
+        nchild += *m != '-';
+    if (nchild + (int)strlen(keep) != nfds)
+        goto bad;
     char **argv = calloc((size_t)argc + 1, sizeof *argv);
-    char **env = calloc((size_t)(nf - 4 - argc) + 2, sizeof *env);
+    char **env = calloc((size_t)(nf - 5 - argc) + 2, sizeof *env);
     if (!argv || !env)
         goto bad;
     for (int i = 0; i < argc; i++)
-        argv[i] = f[4 + i];
+        argv[i] = f[5 + i];
     int ne = 0;
-    for (int i = 4 + argc; i < nf; i++)
+    for (int i = 5 + argc; i < nf; i++)
         env[ne++] = f[i];
     pid_t pid = fork();
     if (pid == 0) {
@@ -548,8 +569,16 @@ static void fork_runtime(char **f, int nf, int *fds, int nfds)
     int err = errno;
     free(argv);
     free(env);
-    for (int i = 0; i < nfds; i++)
+    for (int i = 0; i < nchild; i++)
         close(fds[i]);
+    for (int i = nchild; i < nfds; i++) {
+        if (keep[i - nchild] == '2' && g_keep_out < 0)
+            g_keep_out = fds[i];
+        else if (keep[i - nchild] == '3' && g_keep_err < 0)
+            g_keep_err = fds[i];
+        else
+            close(fds[i]);
+    }
     if (pid < 0) {
         snprintf(errbuf, sizeof errbuf, "R0%c%s", 0, strerror(err));
         len = 3 + strlen(strerror(err)) + 1;
@@ -557,12 +586,8 @@ static void fork_runtime(char **f, int nf, int *fds, int nfds)
         return;
     }
     g_runtime_pid = pid;
-    /* The server holds the sync and attach pipes now: drop ours (their EOF is the caller's cue). */
-    if (g_sync_fd >= 0)
-        close(g_sync_fd);
-    if (g_attach_fd >= 0)
-        close(g_attach_fd);
-    g_sync_fd = g_attach_fd = -1;
+    /* Our copies of the sync and attach pipes stay until 'Q', for a takeover; a classic
+     * monitor holds them as long. */
     if (g_start_fd >= 0 && !strchr(flags, 'A')) {
         close(g_start_fd);
         g_start_fd = -1;
@@ -632,6 +657,26 @@ static void server_lost(void)
 {
     if (!g_runtime_pid && g_sync_fd >= 0)
         exec_classic(1);
+    if (g_runtime_pid && g_sync_fd >= 0 && (g_keep_out >= 0 || g_keep_err >= 0)) {
+        /* The runtime has been forked: wait for it, then the classic monitor adopts the
+         * container with our copies of its output pipes (src/pyconmon/takeover.py). */
+        int status;
+        pid_t pid;
+        while (!g_runtime_reaped && ((pid = waitpid(-1, &status, 0)) > 0 || errno == EINTR))
+            if (pid > 0)
+                note_status(pid, status);
+        if (g_runtime_reaped) {
+            char adopt[160], target_status[24] = "x";
+            if (reaped_target)
+                snprintf(target_status, sizeof target_status, "%d", g_target_status);
+            snprintf(adopt, sizeof adopt, "%d %d %d %d %d %s", g_runtime_status, g_target_pid ? 1 : 0, g_keep_out,
+                     g_keep_err, (int)g_target_pid, target_status);
+            keep_across_exec(g_keep_out);
+            keep_across_exec(g_keep_err);
+            setenv("_PYCONMON_ADOPT", adopt, 1);
+            exec_classic(1);
+        }
+    }
     if (g_target_pid && !reaped_target) {
         int status;
         while (waitpid(-1, &status, 0) > 0 || errno == EINTR)
@@ -650,6 +695,12 @@ static void serve(void)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGQUIT);
     sigprocmask(SIG_BLOCK, &set, NULL);
+    /* An ignored signal never reaches a signalfd (and an ignored SIGCHLD reaps by itself):
+     * a caller started from a background shell job hands us SIGINT and SIGQUIT ignored. */
+    signal(SIGCHLD, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
     sfd = signalfd(-1, &set, SFD_CLOEXEC);
     for (;;) {
         struct pollfd p[3] = {{g_sock, POLLIN, 0}, {sfd, POLLIN, 0}, {g_pidfd, POLLIN, 0}};
@@ -666,8 +717,15 @@ static void serve(void)
                     reap();
                 } else {
                     pid_t target = g_target_pid ? g_target_pid : g_runtime_pid;
-                    if (target)
+                    if (target) {
                         kill(target, (int)si.ssi_signo);
+                    } else if (si.ssi_signo == SIGTERM) {
+                        /* Nothing to forward it to yet: it ends the monitor, as in C conmon. */
+                        signal(SIGTERM, SIG_DFL);
+                        sigprocmask(SIG_UNBLOCK, &set, NULL);
+                        raise(SIGTERM);
+                        _exit(1);
+                    }
                 }
                 break;
             }
@@ -697,10 +755,11 @@ static void serve(void)
                 if (nf > 0)
                     watch((pid_t)atoi(f[0]));
                 break;
-            case 'K':
+            case 'K': /* answered, so that the server writes the exit files only after this */
                 for (int i = 0; i < g_n_inherited; i++)
                     close(g_inherited[i]);
                 g_n_inherited = 0;
+                send_packet("k", 1, NULL, 0);
                 break;
             case 'Q':
                 quit(f, nf);

@@ -63,6 +63,10 @@ class Children:
         """Close the caller's descriptors (port reservations...) before the exit file."""
         raise NotImplementedError
 
+    def inherited_closed(self) -> bool:
+        """Whether close_inherited has taken effect (the stub acknowledges it)."""
+        return True
+
     def exit_command(self, argv: list[str], delay: int, old_oom: str | None) -> int:
         """Run the exit command after ``delay`` seconds; its exit code."""
         raise NotImplementedError

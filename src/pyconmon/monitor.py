@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from .oom import OomWatcher
     from .ratelimit import DropLimiter
     from .stdio import ContainerStdio
+    from .takeover import Adoption
 
 SIGKILL, SIGPIPE, SIGINT = 9, 13, 2
 
@@ -70,7 +71,8 @@ class Monitor:
 
     def __init__(self, opts: Options, diag: Diagnostics, sync: SyncPipe, attach_pipe: SyncPipe | None,
                  start_fd: int | None, inherited: list[int], old_oom: str | None, sinks: LogSinks | None,
-                 loop: EventLoop | None = None, children: Children | None = None) -> None:
+                 loop: EventLoop | None = None, children: Children | None = None,
+                 adopted: Adoption | None = None) -> None:
         self.opts = opts
         self.diag = diag
         self.sync = sync
@@ -83,6 +85,7 @@ class Monitor:
         # Forks, reaps and signals: in this process (classic) or in the stub (server mode).
         self.children = children or LocalChildren(diag)
         self.statuses = self.children.statuses
+        self.adopted = adopted  # classic mode taking over from a server-mode stub (takeover.py)
         self.runtime_pid = 0
         self.container_pid = 0
         self.timed_out = False
@@ -160,6 +163,8 @@ class Monitor:
             if opts.terminal:
                 console = stdio.make_console_socket(self.children.environ.get("TMPDIR") or "/tmp")
                 stdio.on_pty = self._on_pty
+            elif self.adopted is not None:  # the pipes a server-mode stub kept
+                stdio.adopt_pipes(self.adopted.out_fd, self.adopted.err_fd)
             else:
                 stdio.make_pipes(opts.stdin)
             if self.sinks is not None:
@@ -235,21 +240,26 @@ class Monitor:
         (server mode): the driver resumes it once the yielded condition holds.
         Each step below is one stretch of CONTRACT section 2.
         """
-        yield from self._launch_runtime()  # steps 6-9
-        runtime_code = yield from self._wait_for_runtime()  # step 10
+        self.children.start(self.loop, self._forward)
+        console = self._setup_io()
+        if self.adopted is not None:
+            runtime_code = self._adopt(self.adopted)  # a server did steps 6-10 (takeover.py)
+        else:
+            yield from self._launch_runtime(console)  # steps 6-9
+            runtime_code = yield from self._wait_for_runtime()  # step 10
         pid = self._container_pid_after(runtime_code)  # steps 10-12
         if pid is None:
             return self._runtime_failed(runtime_code)
         self._supervise(pid)  # step 13
         status = yield from self._wait_for_container(pid)
         code = -1 if self.timed_out or status == UNKNOWN_STATUS else exit_code_from_status(status)
-        return self._finish(code)  # steps 14-18
+        self._finish_output()  # steps 14-15
+        yield self.children.inherited_closed  # at once, unless the stub holds them
+        return self._finish(code)  # steps 16-18
 
-    def _launch_runtime(self) -> Generator[Callable[[], bool], None, None]:
-        """Stdio, attach socket and FIFOs, then the runtime child; until it has a pid."""
+    def _launch_runtime(self, console: str | None) -> Generator[Callable[[], bool], None, None]:
+        """The runtime child, once stdio, attach socket and FIFOs are there; until it has a pid."""
         opts = self.opts
-        self.children.start(self.loop, self._forward)
-        console = self._setup_io()
         if self.attach_pipe is not None:
             self.attach_pipe.send(0)
         argv = runtime_argv(opts, console)
@@ -275,6 +285,15 @@ class Monitor:
         if not self.children.runtime_pid:
             raise OSError(f"Failed to fork the runtime: {self.children.spawn_error}")
         self.runtime_pid = self.children.runtime_pid
+
+    def _adopt(self, adopted: Adoption) -> int:
+        """Take over from a server-mode stub after its runtime ran; the runtime's exit code."""
+        if self.start_fd is not None:
+            os.close(self.start_fd)  # the runtime child has read the second byte (or has its copy)
+            self.start_fd = None
+        if adopted.target > 0 and adopted.target_status is not None:
+            self.statuses[adopted.target] = adopted.target_status  # the stub reaped it already
+        return exit_code_from_status(adopted.runtime_status)
 
     def _wait_for_runtime(self) -> Generator[Callable[[], bool], None, int]:
         """Until the runtime child exits (its stderr drained meanwhile); its exit code."""
@@ -302,7 +321,7 @@ class Monitor:
             self.sync.send(-1, message)
             raise Fatal(f"Failed to read the container pid from {opts.container_pidfile}")
         self.container_pid = pid
-        if not opts.legacy_exec:
+        if not opts.legacy_exec and not (self.adopted is not None and self.adopted.pid_sent):
             self.sync.send(pid)
         self.diag.debug(f"Container pid {pid}")
         return pid
@@ -392,7 +411,8 @@ class Monitor:
             except OSError:
                 continue
 
-    def _finish(self, code: int) -> int:
+    def _finish_output(self) -> None:
+        """After the container's end, before the exit files: last OOM check, logs, clients, fds."""
         opts = self.opts
         if self.oom is not None:
             try:
@@ -409,6 +429,9 @@ class Monitor:
         if self.metrics is not None:
             self.metrics.final()  # before the exit file: who sees it finds the final numbers
         self.children.close_inherited([fd for fd in self.inherited if fd != self.sync.fd])
+
+    def _finish(self, code: int) -> int:
+        opts = self.opts
         self.teardown()
         assert opts.cid
         for problem in write_exit_files(code, opts.cid, opts.persist_dir, opts.exit_dir):
@@ -457,6 +480,13 @@ class CallerPipes:
         # The server-mode stub read the start byte, forked and wrote the pid file already,
         # then lost its server before the runtime ran: this process takes over from there.
         self.resumed = os.environ.pop("_PYCONMON_RESUMED", None) == "1"
+        # ... or even after the runtime was forked: this process adopts the container (takeover.py).
+        self.adopted: Adoption | None = None
+        adopt_text = os.environ.pop("_PYCONMON_ADOPT", None)
+        if adopt_text is not None:
+            from .takeover import Adoption
+            self.adopted = Adoption.parse(adopt_text)  # ValueError, as for a bad fd number
+            self.resumed = True
         if self.resumed and not opts.exec_attach:
             self.start = None  # the stub closed it; the number may be reused
         self.inherited = [fd for fd in open_fds() if fd > 2]
@@ -483,7 +513,7 @@ def run(opts: Options) -> int:
         return 1
     sync = SyncPipe(pipes.sync, pipes.key)
     attach_pipe = SyncPipe(pipes.attach, "data") if pipes.attach is not None else None
-    monitor = Monitor(opts, diag, sync, attach_pipe, pipes.start, inherited, old_oom, sinks)
+    monitor = Monitor(opts, diag, sync, attach_pipe, pipes.start, inherited, old_oom, sinks, adopted=pipes.adopted)
     monitor.settings = settings
     try:
         return monitor.run()
@@ -598,6 +628,8 @@ def _detach_from_caller(opts: Options, diag: Diagnostics, pipes: CallerPipes) ->
         diag.error("--attach specified but _OCI_ATTACHPIPE was not set")
         raise _Stop(1)
     keep = {fd for fd in (pipes.sync, pipes.attach, pipes.start) if fd is not None}
+    if pipes.adopted is not None:
+        keep.update(pipes.adopted.fds())
     inherited = [fd for fd in pipes.inherited if fd not in keep]
     preserved = set(range(3, 3 + preserved_fd_count(opts)))
     for fd in inherited + list(keep):

@@ -14,6 +14,7 @@ Stub to server:
     (``sync``, ``attach``), after the start byte, the fork and the pid file.
 ``R`` runtime spawned: pid (0 on failure), error text.
 ``X`` exited: pid, wait status (-1: gone but not our child, status unknown).
+``k`` the inherited descriptors are closed (the answer to ``K``).
 
 Server to stub:
 
@@ -21,8 +22,10 @@ Server to stub:
     (what a classic monitor prints before it detaches), ``C`` the reason.
 ``F`` fork the runtime: flags (``L`` rewrite LISTEN_PID, ``A`` read the second
     start byte first), stdio map (three of ``0``..``2`` index into the attached
-    fds or ``-`` for /dev/null), number of preserved fds (3..3+N keep
-    across exec), argc, argv..., environment...
+    fds or ``-`` for /dev/null), kept read ends (one stream id per fd after
+    the child's: ``2`` stdout, ``3`` stderr; the stub keeps them for a
+    takeover), number of preserved fds (3..3+N keep across exec), argc,
+    argv..., environment...
 ``W`` watch pid (a pidfd: it may not be the stub's child).
 ``T`` signal target: the container pid (TERM, INT and QUIT are forwarded to it).
 ``K`` close the caller's inherited descriptors (before the exit files).
@@ -37,7 +40,7 @@ import socket
 MAX_PACKET = 1 << 20  # argv plus environment beyond this: classic mode
 MAX_FDS = 8
 
-HELLO, STARTED, SPAWNED, EXITED = b"H", b"S", b"R", b"X"
+HELLO, STARTED, SPAWNED, EXITED, INHERITED_CLOSED = b"H", b"S", b"R", b"X", b"k"
 OK, CLASSIC, FORK, WATCH, TARGET, CLOSE_INHERITED, QUIT = b"O", b"C", b"F", b"W", b"T", b"K", b"Q"
 
 

@@ -53,6 +53,7 @@ class StubChildren(Children):
         self.read_start = read_start
         self.exit_argv: list[str] = []
         self.exit_delay = 0
+        self.closing_inherited = False
 
     def spawn_runtime(self, argv: list[str], env: dict[str, str], rewrite_listen_pid: bool,
                       child_fds: list[int] | None, preserved: range, start_fd: int | None,
@@ -65,10 +66,20 @@ class StubChildren(Children):
                 fds.append(fd)
             else:
                 stdio_map += b"-"
+        # The stub keeps copies of the output pipes' read ends: should this server die, the
+        # classic monitor it then execs reads on from there (takeover.py).  Not with a pty:
+        # its master arrives later, through the console socket, and is not adopted.
+        keep = b""
+        monitor = self.session.monitor
+        stdio = monitor.stdio if monitor is not None and not monitor.opts.terminal else None
+        for src in stdio.sources if stdio is not None else []:
+            if not src.is_pty:
+                keep += str(src.stream).encode()
+                fds.append(src.fd)
         flags = (b"L" if rewrite_listen_pid else b"") + (b"A" if self.read_start else b"")
         env_fields = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
-        fields = [flags, stdio_map, str(len(preserved)).encode(), str(len(argv)).encode(), *map(os.fsencode, argv),
-                  *env_fields]
+        fields = [flags, stdio_map, keep, str(len(preserved)).encode(), str(len(argv)).encode(),
+                  *map(os.fsencode, argv), *env_fields]
         self.session.send(protocol.FORK, fields, fds)
 
     def watch_exit(self, pid: int) -> None:
@@ -76,6 +87,10 @@ class StubChildren(Children):
 
     def close_inherited(self, fds: list[int]) -> None:
         self.session.send(protocol.CLOSE_INHERITED)
+        self.closing_inherited = True
+
+    def inherited_closed(self) -> bool:
+        return not self.closing_inherited  # the stub's ``k``: they are closed before the exit file
 
     def exit_command(self, argv: list[str], delay: int, old_oom: str | None) -> int:
         self.exit_argv, self.exit_delay = argv, delay  # run by the stub when it quits
@@ -147,6 +162,10 @@ class StubSession:
             if pid <= 0:
                 self.children.spawn_error = os.fsdecode(fields[1]) if len(fields) > 1 else "fork failed"
             self._advance()
+        elif kind == protocol.INHERITED_CLOSED and self.children is not None:
+            protocol.close_all(fds)
+            self.children.closing_inherited = False
+            self._advance()
         elif kind == protocol.EXITED and self.children is not None:
             protocol.close_all(fds)
             pid, status = protocol.int_field(fields, 0), protocol.int_field(fields, 1)
@@ -189,7 +208,7 @@ class StubSession:
         environ: dict[str, str] = {}
         for entry in env:
             name, eq, value = entry.partition(b"=")
-            if eq and name not in (b"PYCONMON_MODE",):
+            if eq:  # all of it, PYCONMON_MODE too: the runtime gets what a classic monitor passes on
                 environ.setdefault(os.fsdecode(name), os.fsdecode(value))
         diag = Diagnostics(opts.log_level_num)
         diag.captured = []  # until the start: lines for the caller's stderr, which the stub writes

@@ -132,6 +132,15 @@ class ContainerStdio:
             self.sources.append(OutputSource(r, stream))
         self.child_fds = child
 
+    def adopt_pipes(self, out_fd: int, err_fd: int) -> None:
+        """Read ends made earlier (by a server now gone): no child ends, no stdin."""
+        for fd, stream in ((out_fd, STDOUT), (err_fd, STDERR)):
+            if fd >= 0:
+                os.set_inheritable(fd, False)
+                _set_nonblocking(fd)
+                self.sources.append(OutputSource(fd, stream))
+        self.child_fds = [-1, -1, -1]
+
     def make_console_socket(self, tmpdir: str) -> str:
         self.console = ConsoleSocket(tmpdir)
         self.loop.add(self.console.sock.fileno(), EPOLLIN, self.receive_console)

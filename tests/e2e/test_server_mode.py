@@ -9,6 +9,7 @@ suite runs in server mode with ``PYCONMON_TEST_MONITORS=<that stub>``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import threading
 import pytest
 
 from pyconmon import protocol
+from support import RUNC
 from support.harness import poll_until, runc_kill
 from support.installed import install_podman_conmon
 from support.installed import unavailable_reason as install_unavailable
@@ -287,3 +289,72 @@ def _rmdir(path):
         return True
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------
+# no shared fate: the server dies, the stubs' classic monitors take over (takeover.py)
+
+FLOOD = 'trap : USR1; seq 1 50000; sleep 1000000 & wait $!; seq 50001 {last}; echo end'
+
+
+def kill_server(stub):
+    (server,) = servers_of(stub)
+    os.kill(server, signal.SIGKILL)
+    wait_gone(server)
+
+
+def logged_numbers(m):
+    """The numbered lines in the log, in order (partial records joined), and whether `end` came."""
+    text = b"".join(r.content + (b"\n" if r.tag == "F" else b"") for r in m.log_records())
+    lines = text.split(b"\n")
+    return [int(x) for x in lines if x.isdigit()], b"end" in lines
+
+
+@pytest.mark.parametrize("when", ["idle", "flooding"])
+def test_server_killed_containers_keep_logging(testbed, stub, classic, when):
+    """SIGKILL to the server while 3 containers run: no EPIPE, logging goes on, exit files written.
+
+    Killed while they are idle, nothing is lost; killed during a flood, at most what the server
+    had read and not yet written (one gap in the numbers)."""
+    last = 100000 if when == "idle" else 400000
+    ms = [testbed.run(stub, ["sh", "-c", FLOOD.format(last=last)]) for _ in range(3)]
+    for m in ms:
+        poll_until(lambda m=m: logged_numbers(m)[0][-1:] == [50000], 20, what="the first half logged")
+    if when == "idle":
+        kill_server(stub)
+    for m in ms:
+        runc_kill(m.cid, "USR1")
+    if when == "flooding":
+        kill_server(stub)
+    for m in ms:
+        assert m.wait_exit_file(30) == 0  # seq would have died of SIGPIPE (141) on EPIPE
+        m.wait(10)
+        numbers, ended = logged_numbers(m)
+        assert ended
+        # The chunk in flight when the server died is lost, and the line it cut can leave a fragment.
+        kept = [n for k, n in enumerate(numbers) if k == 0 or n > numbers[k - 1]]
+        assert len(numbers) - len(kept) <= (0 if when == "idle" else 1)
+        assert kept[0] == 1 and kept[-1] == last
+        gaps = [(a, b) for a, b in itertools.pairwise(kept) if b != a + 1]
+        assert len(gaps) <= (0 if when == "idle" else 1), gaps[:3]
+
+
+def test_server_killed_while_the_runtime_runs(testbed, stub, classic, tmp_path):
+    """The server dies mid-create: the stub waits for the runtime, the classic monitor reads the
+    pid file, sends the pid and monitors the container to its end."""
+    marker = tmp_path / "runtime-started"
+    slow = tmp_path / "slow-runtime"
+    slow.write_text(f'#!/bin/sh\ntouch {marker}\nsleep 1\nexec {RUNC} "$@"\n')
+    slow.chmod(0o755)
+    testbed.run(stub, ["true"])  # a server to kill
+    m = testbed.run(stub, ["sh", "-c", "echo created-while-the-server-died"], start=False, read_sync=False,
+                    extra_args=["-r", str(slow)])
+    poll_until(marker.exists, 10, what="the runtime to start")
+    kill_server(stub)
+    msg = m.read_sync(15)
+    assert msg and msg["data"] > 0, m.describe()
+    m.container_pid = msg["data"]
+    poll_until(lambda: os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic), what="classic takes over")
+    m.start_container()
+    assert m.wait_exit_file(10) == 0
+    assert [r.content for r in m.log_records()] == [b"created-while-the-server-died"]
