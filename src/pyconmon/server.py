@@ -17,6 +17,8 @@ Facts that shape it:
   root, so the server is never a privilege-escalation service.  A peer in
   other user, mount, pid or cgroup namespaces is told to run classic.
 * A dozen fds per container: the soft RLIMIT_NOFILE is raised to the hard one.
+* Every module is imported at start-up: an upgrade replaces the files under a
+  running server, which must not then load a module of the new version.
 * The server is started from a container's monitor scope; it moves into a
   cgroup of its own beside that scope, so it does not keep the scope alive
   (where the cgroup file system lets it; placement of the containers'
@@ -178,6 +180,24 @@ def leave_monitor_scope() -> None:
             pass
 
 
+def import_everything() -> None:
+    """Import every module of the package now.
+
+    The monitor imports lazily, to start fast; a server lives long, and an
+    upgrade replaces the files under it (the new install gets its own server,
+    by its key): a module first imported after that would be the new version
+    in the old process.  The cost is paid once, shared by every container.
+    """
+    import importlib
+    package = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(package)):
+        if name.endswith(".py") and name not in ("__main__.py", "__init__.py"):
+            try:
+                importlib.import_module(f"{__package__}.{name[:-3]}")
+            except ImportError:
+                pass  # an optional part missing here (as the monitor tolerates)
+
+
 def main(argv: list[str]) -> int:
     """``pyconmon-server --listen-fd N --socket PATH --key KEY [--idle S]`` (exec'd by the stub)."""
     import _signal
@@ -188,6 +208,7 @@ def main(argv: list[str]) -> int:
     set_oom_score_adj("-1000")  # as each classic monitor: the OOM killer spares it
     raise_fd_limit()
     leave_monitor_scope()
+    import_everything()
     if "--listen-fd" in args:
         listener = socket.socket(fileno=int(args["--listen-fd"]))
     else:

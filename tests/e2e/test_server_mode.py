@@ -358,3 +358,54 @@ def test_server_killed_while_the_runtime_runs(testbed, stub, classic, tmp_path):
     m.start_container()
     assert m.wait_exit_file(10) == 0
     assert [r.content for r in m.log_records()] == [b"created-while-the-server-died"]
+
+
+def test_parallel_creates_share_one_server(testbed, stub):
+    """100 containers created at once: one server serves them all; every exit file and log is right."""
+    import concurrent.futures
+    n = 100
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        ms = list(pool.map(lambda i: testbed.run(stub, ["sh", "-c", f"echo container-{i}; exec sleep 600"],
+                                                 deadline=60), range(n)))
+    served = {os.readlink(f"/proc/{m.pid}/exe") for m in ms}
+    assert served == {os.path.realpath(stub)}  # all in server mode (none fell back to classic)
+    assert len(servers_of(stub)) == 1
+    for m in ms:
+        runc_kill(m.cid)
+    for i, m in enumerate(ms):
+        assert m.wait_exit_file(60) == 137
+        assert [r.content for r in m.log_records()] == [f"container-{i}".encode()]
+
+
+def test_upgrade_while_monitors_run(testbed, tmp_path_factory):
+    """`make install` of another version over a running one: the old server keeps its containers
+    (its modules all loaded), new containers get a new server (the socket is named by the install)."""
+    import shutil
+    import subprocess
+
+    from support import REPO
+    base = tmp_path_factory.mktemp("upgrade")
+    old = install_podman_conmon(base, server_mode=True)
+    m_old = testbed.run(old, LONG)
+    (old_server,) = servers_of(old)
+    tree = base / "tree"
+    tree.mkdir()
+    shutil.copy2(os.path.join(REPO, "Makefile"), tree / "Makefile")
+    for part in ("launcher", "src", "packaging"):
+        shutil.copytree(os.path.join(REPO, part), tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tree / "src" / "pyconmon" / "__init__.py", "a") as f:
+        f.write("# the next version\n")
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(old)))
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "-s", "-C", str(tree), f"BUILDDIR={base / 'build2'}", f"PREFIX={prefix}",
+                        "ENTRY=stub", f"PYCONMON_MODE_FILE={base / 'mode'}", "podman"],
+                       env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    m_new = testbed.run(old, LONG)  # the same path, the new binary
+    servers = servers_of(old)
+    assert old_server in servers and len(servers) == 2
+    assert os.readlink(f"/proc/{m_new.pid}/exe") == os.path.realpath(old)
+    for m in (m_old, m_new):
+        runc_kill(m.cid)
+        assert m.wait_exit_file(10) == 137
+        assert sorted(r.content for r in m.log_records()) == [b"err", b"out"]
