@@ -14,8 +14,8 @@
  *
  * Classic mode (exec of today's launcher, PYCONMON_CLASSIC) is the default
  * and the fallback: the mode is "server" only when PYCONMON_MODE=server is
- * in the environment or the first word of PYCONMON_MODE_FILE is "server",
- * and even then anything the server cannot serve exactly (--sync, journald,
+ * in the environment or the first word of PYCONMON_MODE_FILE is "server"
+ * ("always": also in a systemd service), and even then anything the server cannot serve exactly (--sync, journald,
  * passthrough, a systemd *.service cgroup, no server, a refusal) execs the
  * classic monitor before the start byte is read.  Should the server go away
  * after the start byte but before the runtime runs, the classic monitor is
@@ -160,20 +160,29 @@ static int unserved_log_driver(int argc, char **argv)
     return 0;
 }
 
-static int server_mode_wanted(void)
+enum mode { CLASSIC, SERVER, ALWAYS };
+
+/* PYCONMON_MODE, else the first word of the mode file: "server" (where it applies),
+ * "always" (also in a systemd service: for tests, and units that don't need the
+ * monitor as their main process), anything else or nothing: classic. */
+static enum mode mode_wanted(void)
 {
     const char *v = getenv("PYCONMON_MODE");
     char buf[64] = {0};
     int fd;
     ssize_t n;
-    if (v)
-        return strcmp(v, "server") == 0;
-    fd = open(PYCONMON_MODE_FILE, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    return n >= 6 && strncmp(buf, "server", 6) == 0 && (n == 6 || buf[6] == '\n' || buf[6] == ' ');
+    if (!v) {
+        fd = open(PYCONMON_MODE_FILE, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return CLASSIC;
+        n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0)
+            return CLASSIC;
+        buf[strcspn(buf, " \t\n")] = 0;
+        v = buf;
+    }
+    return strcmp(v, "server") == 0 ? SERVER : strcmp(v, "always") == 0 ? ALWAYS : CLASSIC;
 }
 
 /* Podman in a systemd service (quadlet, generate systemd, podman-kube@):
@@ -780,9 +789,10 @@ int main(int argc, char **argv)
     if (version_status >= 0)
         return version_status;
     g_argv = argv;
-    if (!server_mode_wanted() || has_arg(argc, argv, "--sync") || has_arg(argc, argv, "--version") ||
+    enum mode mode = mode_wanted();
+    if (mode == CLASSIC || has_arg(argc, argv, "--sync") || has_arg(argc, argv, "--version") ||
         has_arg(argc, argv, "--help") || has_arg(argc, argv, "-h") || unserved_log_driver(argc, argv) ||
-        in_service_cgroup())
+        (mode == SERVER && in_service_cgroup()))
         exec_classic(0);
     g_start_fd = env_fd("_OCI_STARTPIPE");
     g_sync_fd = env_fd("_OCI_SYNCPIPE");

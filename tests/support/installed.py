@@ -29,7 +29,8 @@ def install_podman_conmon(base, server_mode=False):
     """Build and install into ``base`` (once); return the installed monitor's path.
 
     ``server_mode``: the entry is the stub (``ENTRY=stub``), switched to
-    server mode by ``<base>/mode`` (its PYCONMON_MODE_FILE).
+    server mode by ``<base>/mode`` (its PYCONMON_MODE_FILE), "always": also
+    where the tests themselves run inside a systemd service.
     """
     base = str(base)
     prefix = os.path.join(base, "prefix")
@@ -41,7 +42,7 @@ def install_podman_conmon(base, server_mode=False):
         mode_file = os.path.join(base, "mode")
         os.makedirs(base, exist_ok=True)
         with open(mode_file, "w") as f:
-            f.write("server\n")
+            f.write("always\n")
         extra = ["ENTRY=stub", f"PYCONMON_MODE_FILE={mode_file}"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "DESTDIR", "PREFIX")}

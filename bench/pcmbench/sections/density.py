@@ -6,7 +6,7 @@ starts it, and all left running; after ``--settle`` seconds every monitor
 process's Pss and Private_Dirty are read from /proc/PID/smaps_rollup.
 Three monitors: C conmon, pyconmon classic (the bench's installed
 ``conmon``) and pyconmon in server mode (a second install, ``make install
-ENTRY=stub`` with its mode file saying ``server``): one static stub per
+ENTRY=stub`` with its mode file saying ``always``): one static stub per
 container plus the shared Python server, whose Pss is divided among the N
 containers it serves (Pss already splits shared pages among the processes
 mapping them).  Also recorded: the median create latency (spawn to the
@@ -75,7 +75,7 @@ class Density(Section):
         os.makedirs(root)
         mode = os.path.join(root, "mode")
         with open(mode, "w") as f:
-            f.write("server\n")
+            f.write("always\n")  # server mode even if the bench runs inside a systemd service
         self.prefix = os.path.join(root, "prefix")
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
         r = run_quiet(["make", "-C", REPO, "install", "ENTRY=stub", f"PREFIX={self.prefix}",
@@ -170,7 +170,7 @@ class Density(Section):
         return (
             "**density**: N (10, 50, 200) idle runc containers (`sleep`) created one after another and left "
             "running, for C conmon, pyconmon classic and pyconmon server mode (`make install ENTRY=stub`, mode "
-            "file `server`). After the settle time, Pss and Private_Dirty of every per-container monitor "
+            "file `always`). After the settle time, Pss and Private_Dirty of every per-container monitor "
             "process from /proc/PID/smaps_rollup; in server mode the shared server's figures are added and "
             "divided by N. Also the median create latency while the N start, and the drop of MemAvailable "
             "per container (containers included; noisy on a shared machine).")
