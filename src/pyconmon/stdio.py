@@ -235,6 +235,19 @@ class ContainerStdio:
         for src in self._stderr_pipes():
             self.loop.remove(src.fd)
 
+    def _read_waiting(self, src: OutputSource) -> None:
+        """One chunk of what is in ``src`` now, without waiting."""
+        try:
+            data = os.read(src.fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.on_output(src.stream, data)
+        else:
+            self._source_eof(src)
+
     def runtime_error(self) -> str:
         """After the runtime failed: the first 8 KiB of what it wrote to stderr."""
         self._stop_collecting()
@@ -244,9 +257,18 @@ class ContainerStdio:
         return b"".join(self._early)[:RUNTIME_ERR_MAX].decode("utf-8", "replace")
 
     def release_runtime_stderr(self) -> None:
-        """After the runtime succeeded: what it (or an exec'd process) wrote is output, logged first."""
+        """After the runtime succeeded: what it (or an exec'd process) wrote is output, logged first.
+
+        As if it had waited in its pipe: a chunk already waiting on a stdout pipe goes first, as
+        the loop reads stdout first when both are ready (a quick exec's ``echo out; echo err >&2``
+        reaches a client in that order, as with conmon).
+        """
         self._stop_collecting()
         early, self._early, self._early_size = self._early, [], 0
+        if early:
+            for src in self.sources:
+                if src.stream == STDOUT and not src.is_pty and not src.eof:
+                    self._read_waiting(src)
         for data in early:
             self.on_output(STDERR, data)
         if self._early_dropped:

@@ -136,10 +136,26 @@ def test_runtime_stderr_of_a_successful_runtime_is_logged_first_in_order(h):
     os.write(cerr, b"container says\n")  # still in the pipe when the runtime has exited
     os.write(cout, b"out\n")
     h.stdio.release_runtime_stderr()
-    assert h.output == [(STDERR, b"runtime warning\n")]
+    assert h.output == [(STDOUT, b"out\n"), (STDERR, b"runtime warning\n")]
     h.stdio.watch_output()
     h.run_until(lambda: h.stream(STDERR) == b"runtime warning\ncontainer says\n" and h.stream(STDOUT) == b"out\n")
     assert h.diag.messages == []
+
+
+def test_stdout_waiting_at_release_comes_before_the_early_stderr(h):
+    """A quick exec writes ``out`` then ``err`` before the runtime exits: a client gets them in that order."""
+    h.stdio.make_pipes(want_stdin=False)
+    _, cout, cerr = h.stdio.child_fds
+    h.stdio.collect_runtime_stderr()
+    os.write(cout, b"probe-out\n")
+    os.write(cerr, b"probe-err\n")
+    h.run_until(lambda: h.stdio._early_size == 10)
+    h.stdio.release_runtime_stderr()
+    assert h.output == [(STDOUT, b"probe-out\n"), (STDERR, b"probe-err\n")]
+    h.stdio.close_child_ends()
+    h.stdio.watch_output()
+    h.run_until(lambda: all(s.eof for s in h.stdio.sources))
+    assert h.output == [(STDOUT, b"probe-out\n"), (STDERR, b"probe-err\n")]
 
 
 def test_runtime_stderr_beyond_the_bound_is_dropped_with_a_warning(h, monkeypatch):
