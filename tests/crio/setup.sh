@@ -50,6 +50,7 @@ else
 fi
 IMAGE_BUSYBOX=localhost/busybox:latest
 IMAGE_PAUSE=localhost/pause:latest
+IMAGE_CRITEST=registry.k8s.io/e2e-test-images/busybox:1.29-2
 
 # Environment of crio (and of the podman import): private registries, storage
 # and containers.conf files instead of /etc/containers.
@@ -216,7 +217,7 @@ import_images() {
     # Imported before crio starts (podman 4.3's storage library writes the
     # store; crio only reads what is there). Re-done when the content changes.
     local key
-    key=$(cat /bin/busybox "$STATE/bin/pause" | sha256sum | cut -c1-16)
+    key=$({ echo "$IMAGE_BUSYBOX $IMAGE_PAUSE $IMAGE_CRITEST"; cat /bin/busybox "$STATE/bin/pause"; } | sha256sum | cut -c1-16)
     [ "$(cat "$STATE/images.key" 2>/dev/null)" = "$key" ] && return 0
     crio_env
     local w=$STATE/images.tmp
@@ -232,10 +233,12 @@ import_images() {
     cp "$STATE/bin/pause" "$w/pause/pause"
     tar --numeric-owner -C "$w/pause" -cf "$w/pause.tar" .
     local podman=(podman --root "$STATE/storage" --runroot "$RUNDIR/storage" --storage-driver vfs)
-    "${podman[@]}" rmi -f "$IMAGE_BUSYBOX" "$IMAGE_PAUSE" >/dev/null 2>&1 || true
+    "${podman[@]}" rmi -f "$IMAGE_BUSYBOX" "$IMAGE_PAUSE" "$IMAGE_CRITEST" >/dev/null 2>&1 || true
     "${podman[@]}" import --change 'ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin' --change 'CMD ["/bin/sh"]' \
         "$w/busybox.tar" "$IMAGE_BUSYBOX" >&2
     "${podman[@]}" import --change 'ENTRYPOINT ["/pause"]' "$w/pause.tar" "$IMAGE_PAUSE" >&2
+    # critest's default image name (tests/crio/critest.sh): busybox again, no registry needed.
+    "${podman[@]}" tag "$IMAGE_BUSYBOX" "$IMAGE_CRITEST" >&2
     rm -rf "$w"
     echo "$key" > "$STATE/images.key"
 }
