@@ -32,7 +32,7 @@ def crio():
     was_running = c.crio_pid_alive()
     c.start()
     yield c
-    problems = c.cleanup()
+    problems = c.close()
     if not was_running:  # a CRI-O someone else started is left to them
         c.stop()
     for p in problems:

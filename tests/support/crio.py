@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -71,6 +72,7 @@ class Crio:
         self.image = self.env["IMAGE_BUSYBOX"]
         self.monitor_path = {"pyconmon": self.env["PYCONMON_MONITOR"], "conmon": self.env["C_CONMON"]}
         self.pods = []
+        self._log_dirs = {}  # pod id -> its log directory (removed with the pod, as the kubelet does)
         self._n = 0
         self._tmp = tempfile.mkdtemp(prefix="pcm-crio-")
 
@@ -151,6 +153,7 @@ class Crio:
         r = self.crictl("runp", "--runtime", handler, self._json_file(cfg))
         pod = Pod(r.stdout.decode().strip(), cfg, handler)
         self.pods.append(pod.id)
+        self._log_dirs[pod.id] = cfg["log_directory"]
         return pod
 
     def container_config(self, name, command, *, attempt=0, stdin=False, stdin_once=False, tty=False,
@@ -269,12 +272,20 @@ class Crio:
                 problems.append(f"crictl {' '.join(args)}: {r.stderr.decode(errors='replace').strip()}")
         if pod_id in self.pods:
             self.pods.remove(pod_id)
+        if not problems and pod_id in self._log_dirs:
+            shutil.rmtree(self._log_dirs.pop(pod_id), ignore_errors=True)
         return problems
 
     def cleanup(self, keep=()):
         problems = []
         for pod_id in [p for p in self.pods if p not in keep]:
             problems += self.remove_pod(pod_id)
+        return problems
+
+    def close(self):
+        """Remove every pod this object made and its own temporary files; returns problems."""
+        problems = self.cleanup()
+        shutil.rmtree(self._tmp, ignore_errors=True)
         return problems
 
 

@@ -78,7 +78,7 @@ class CrioProbes(Section):
             return
         set_subreaper(False)
         try:
-            for p in self.crio.cleanup():
+            for p in self.crio.close():
                 print(f"  (crio teardown: {p})")
             if self.started_crio:
                 self.crio.stop()
