@@ -420,3 +420,27 @@ def test_upgrade_while_monitors_run(testbed, tmp_path_factory):
         runc_kill(m.cid)
         assert m.wait_exit_file(10) == 137
         assert sorted(r.content for r in m.log_records()) == [b"err", b"out"]
+
+
+def private_dirty_kb(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+
+def test_a_stub_has_less_private_memory_than_c_conmon(testbed, stub):
+    """Issue 11's per-process goal: each stub's Private_Dirty <= 512 KB, and below C conmon's."""
+    from support import C_CONMON
+    if not os.access(C_CONMON, os.X_OK):
+        pytest.skip("Debian's conmon is not installed")
+    ms = {"stub": testbed.run(stub, LONG), "conmon": testbed.run(C_CONMON, LONG)}
+    for m in ms.values():
+        poll_until(lambda m=m: len(m.log_records()) == 2, what="both lines logged")  # idle from here on
+    assert os.readlink(f"/proc/{ms['stub'].pid}/exe") == os.path.realpath(stub)
+    # The install was just written: until written back, its page-cache pages count as dirty,
+    # and as private while only one process maps them.
+    os.sync()
+    dirty = {name: private_dirty_kb(m.pid) for name, m in ms.items()}
+    assert dirty["stub"] <= 512 and dirty["stub"] < dirty["conmon"], dirty
+    for m in ms.values():
+        runc_kill(m.cid)
+        assert m.wait_exit_file(10) == 137

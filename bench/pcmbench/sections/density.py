@@ -82,6 +82,7 @@ class Density(Section):
                        f"PYCONMON_MODE_FILE={mode}", f"BUILDDIR={os.path.join(root, 'build')}"], timeout=300, env=env)
         if r.returncode != 0:
             raise SystemExit(f"building pyconmon's server mode failed:\n{r.stdout}\n{r.stderr}")
+        os.sync()  # a page of a file written and not yet written back counts as dirty in every mapping
         self.libdir = os.path.join(self.prefix, "lib", "pyconmon")
         c_mon, classic = self.bench.monitors
         server = Monitor("pyconmon", "pyconmon server mode", os.path.join(self.prefix, "bin", "conmon"))
