@@ -39,7 +39,14 @@ cat > "$STATE/cni/10-pyconmon-bridge.conflist" <<EOT
   ]
 }
 EOT
+# Leave CRI-O as we found it: stop it at the end if this script started it.
+if [ -n "$(cat "$PIDFILE" 2>/dev/null)" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+    was_running=1
+else
+    was_running=
+fi
 bash "$HERE/setup.sh" start
+[ -n "$was_running" ] || trap 'bash "$HERE/setup.sh" stop' EXIT
 
 report=$LOGDIR/critest-$handler
 rm -rf "$report"; mkdir -p "$report"
@@ -48,7 +55,9 @@ defaultTestContainerImage: registry.k8s.io/e2e-test-images/busybox:1.29-2
 webServerTestImage: registry.k8s.io/e2e-test-images/nginx:1.14-2
 EOT
 cd "$report"
+status=0
 "$CRITEST" --runtime-endpoint "unix://$SOCK" --image-endpoint "unix://$SOCK" \
     --runtime-handler "$handler" --test-images-file "$report/images.yaml" --report-dir "$report" \
     --ginkgo.skip='Image Manager|Image Consistency|Image Identifier|public image|AppArmor|SELinux|port forward|portforward|Networking|Multiple Containers|nginx|Mount Propagation' \
-    --ginkgo.no-color "$@"
+    --ginkgo.no-color "$@" || status=$?
+exit $status
