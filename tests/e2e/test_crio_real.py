@@ -149,7 +149,7 @@ def test_log_flood_100000_lines(crio_pods, handler):
 def test_logs_reopen_after_moving_the_file(crio_pods, handler):
     crio = crio_pods
     pod = crio.run_pod(handler, "reopen")
-    cid = crio.run(pod, "ticker", ["sh", "-c", "i=0; while [ $i -lt 400 ]; do echo $i; i=$((i+1)); usleep 10000; done"])
+    cid = crio.run(pod, "ticker", ["sh", "-c", "i=0; while [ $i -lt 600 ]; do echo $i; i=$((i+1)); usleep 10000; done"])
     path = crio.log_path(cid)
     poll_until(lambda: len(read_k8s_log(path)) >= 50, 30, what="50 lines logged")
     os.rename(path, path + ".moved")
@@ -159,7 +159,7 @@ def test_logs_reopen_after_moving_the_file(crio_pods, handler):
     old = [int(r.content) for r in read_k8s_log(path + ".moved")]
     new = [int(r.content) for r in read_k8s_log(path)]
     assert old and new, (len(old), len(new))
-    assert old + new == list(range(400))
+    assert old + new == list(range(600))
     out, _ = crio.logs(cid)  # crictl reads the new file only
     assert out == b"".join(b"%d\n" % i for i in new)
 
@@ -259,9 +259,20 @@ def test_exit_code_and_reason(crio_pods, handler, code, reason):
     assert open(os.path.join(crio.persist_dir(cid), "exit")).read() == str(code)
 
 
+def _memory_controller():
+    if os.path.exists("/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        return True
+    try:
+        with open("/sys/fs/cgroup/cgroup.controllers") as f:
+            return "memory" in f.read().split()
+    except OSError:
+        return False
+
+
 def test_oom_killed(crio_pods, handler):
-    if not os.path.exists("/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        pytest.skip("no cgroup v1 memory controller (/sys/fs/cgroup/memory)")
+    if not _memory_controller():
+        pytest.skip("no cgroup memory controller (neither /sys/fs/cgroup/memory nor 'memory' in "
+                    "/sys/fs/cgroup/cgroup.controllers)")
     crio = crio_pods
     pod = crio.run_pod(handler, "oom")
     cid = crio.run(pod, "oom", ["sh", "-c", "echo start; x=y; while true; do x=$x$x; done"],
