@@ -392,6 +392,8 @@ static int start_server(const char *dir, const char *path)
         if (fork() != 0)
             _exit(0);
         setsid();
+        if (chdir("/") < 0) /* the caller's directory must not stay busy while the server lives */
+            _exit(127);
         int null = open("/dev/null", O_RDWR);
         dup2(null, 0);
         dup2(null, 1);

@@ -101,6 +101,8 @@ def test_container_in_server_mode(testbed, stub, style):
     servers = servers_of(stub)
     assert len(servers) == 1
     assert stat_fields(servers[0])[2] == servers[0]  # the server leads a session of its own
+    assert os.readlink(f"/proc/{servers[0]}/cwd") == "/"  # and keeps no caller's directory busy
+    assert [os.readlink(f"/proc/{servers[0]}/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3
     with open(f"/proc/{m.container_pid}/stat") as f:
         assert int(f.read().rsplit(")", 1)[1].split()[1]) == m.pid  # the stub is the container's reaper
     runc_kill(m.cid)
