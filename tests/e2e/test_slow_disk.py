@@ -104,3 +104,28 @@ def test_sync_policy_counts_fsyncs(testbed, policy_conmon, config_file, tmp_path
         assert n_fsync == 0
     else:
         assert n_fsync == n_reopen + 1  # before each new file, and at exit
+
+
+@pytest.mark.parametrize("name", ["conmon", "installed"])
+def test_without_a_buffer_the_container_waits_for_the_disk_as_with_c_conmon(testbed, monitor_named, name):
+    """README: without ``log.buffer`` a slow write holds up reading, the pipe fills and the
+    container's writes wait, "as with C conmon". Both monitors, no configuration file: the
+    container is still writing after 3 s (it needs well under one without the delay); once the
+    disk is fast again it finishes and the newest lines are all in the log."""
+    conmon = monitor_named(name)
+    m = testbed.run(conmon, ["sh", "-c", SCRIPT], start=False, log_size_max=3_000_000)
+    tracer = slow_disk(m.monitor_pid())
+    try:
+        started = time.monotonic()
+        m.start_container()
+        while time.monotonic() - started < 3.0:
+            assert pid_alive(m.container_pid), f"{name}: the container finished its 8 MB despite the slow disk"
+            time.sleep(0.05)  # a negative condition: nothing to await, only a deadline to reach
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    assert m.wait_exit_file(120) == 0
+    tail = stream_text(m.log_records()).split(b"\n")
+    assert tail.pop() == b""
+    assert tail[-1] == b"%d" % (1000000 + LINES - 1)
+    assert tail[1:] == [b"%d" % n for n in range(int(tail[1]), 1000000 + LINES)]  # tail[0] may be a line's end
