@@ -1,0 +1,168 @@
+"""The README's reference tables read against the code they describe: the pyconmon.toml keys
+(names, defaults, the values each accepts), the ``io.pyconmon.*`` annotations, the metric names,
+the example error text, and the monitor options the README names (each one implemented, or
+refused like an unknown option; none accepted and ignored)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pyconmon import config, metrics, options
+from pyconmon.config import SCHEMA, Settings, SettingsError
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def table_after(header: str) -> list[list[str]]:
+    """Rows (cells stripped) of the markdown table whose header line is ``header``."""
+    lines = README.splitlines()
+    start = lines.index(header)
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    assert rows, header
+    return rows
+
+
+def ticked(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+KEY_ROWS = {ticked(row[0])[0]: row for row in table_after("| key | default | meaning |")}
+
+
+def test_key_table_is_the_schema() -> None:
+    assert list(KEY_ROWS) == [f"{table}.{key}" for table, key in SCHEMA]
+
+
+@pytest.mark.parametrize("dotted", list(KEY_ROWS))
+def test_documented_default_is_the_default(dotted: str) -> None:
+    """A default written as a TOML value parses to Settings' default; one in words means 'unset'."""
+    attr, parse = SCHEMA[tuple(dotted.split("."))]  # type: ignore[index]
+    default = getattr(Settings, attr)
+    cell = KEY_ROWS[dotted][1]
+    if cell.startswith("`"):
+        value = tomllib.loads(f"v = {ticked(cell)[0]}")["v"]
+        assert parse(value) == default  # type: ignore[operator]
+    else:  # "one second's worth", "the tag, else ...", "not set"
+        assert not default, (dotted, default)
+
+
+@pytest.mark.parametrize(("dotted", "choices"), [
+    ("log.policy", config.POLICIES),
+    ("log.sync", config.SYNC_POLICIES),
+    ("journald.stderr_priority", config.PRIORITY_NAMES),
+])
+def test_documented_choices_are_the_accepted_ones(dotted: str, choices: tuple[str, ...]) -> None:
+    named = [v.strip('"') for v in ticked(KEY_ROWS[dotted][2]) if v.startswith('"')]
+    assert sorted(named) == sorted(choices)
+    _, parse = SCHEMA[tuple(dotted.split("."))]  # type: ignore[index]
+    with pytest.raises(ValueError):
+        parse("sometimes")  # type: ignore[operator]
+
+
+def test_priorities_are_0_to_7_and_the_names_in_order() -> None:
+    assert "`0`..`7`" in KEY_ROWS["journald.stderr_priority"][2]
+    _, parse = SCHEMA[("journald", "stderr_priority")]
+    assert [parse(n) for n in range(8)] == list(range(8))  # type: ignore[operator]
+    assert [parse(n) for n in config.PRIORITY_NAMES] == list(range(8))  # type: ignore[operator]
+    with pytest.raises(ValueError):
+        parse(8)  # type: ignore[operator]
+
+
+def test_identifier_placeholders() -> None:
+    named = [v for v in ticked(KEY_ROWS["journald.identifier"][2]) if v.startswith("{")]
+    assert named == ["{id}", "{full_id}", "{name}", "{tag}"]
+    _, parse = SCHEMA[("journald", "identifier")]
+    assert parse("".join(named)) == "".join(named)  # type: ignore[operator]
+    with pytest.raises(ValueError):
+        parse("{image}")  # type: ignore[operator]
+
+
+def test_size_suffixes_are_powers_of_1024() -> None:
+    assert "`k`, `M` or `G` suffix (powers of 1024)" in KEY_ROWS["log.rate"][2]
+    assert [config.parse_size(v) for v in ("3", "3k", "3M", "3G")] == [3, 3 << 10, 3 << 20, 3 << 30]
+
+
+def test_rotate_needs_a_buffer_as_documented() -> None:
+    assert "needs `log.buffer`" in KEY_ROWS["log.sync"][2]
+    with pytest.raises(SettingsError, match=r"needs log\.buffer"):
+        config.parse_file("/x.toml", b'[log]\nsync = "rotate"\n')
+    assert config.parse_file("/x.toml", b'[log]\nsync = "rotate"\nbuffer = "1M"\n').log_sync == "rotate"
+
+
+def test_metrics_dir_must_be_absolute() -> None:
+    assert "absolute path" in KEY_ROWS["metrics.dir"][2]
+    with pytest.raises(SettingsError, match=r"absolute path"):
+        config.parse_file("/x.toml", b'[metrics]\ndir = "prom"\n')
+
+
+def test_the_example_error_is_what_the_monitor_says() -> None:
+    example = re.search(r"e\.g\. `(/etc/containers/pyconmon\.toml:6: [^`]+)`", README.replace("\n", " "))
+    assert example, "the README's example error text moved"
+    text = "# pyconmon\n\n[log]\nrate = \"1M\"\n[journald]\nidentfier = \"x\"\n"
+    with pytest.raises(SettingsError) as err:
+        config.parse_file("/etc/containers/pyconmon.toml", text.encode())
+    assert str(err.value) == example.group(1)
+
+
+def test_annotation_table_is_the_annotations() -> None:
+    rows = table_after("| annotation | value |")
+    assert [ticked(row[0])[0] for row in rows] == list(config.ANNOTATIONS)
+    assert {config.ANNOTATIONS[ticked(row[0])[0]][0] for row in rows} == {"log_rate", "log_burst", "log_policy"}
+
+
+def test_metric_table_names_every_metric_written() -> None:
+    documented = {name for row in table_after("| metric | labels | meaning |") for name in ticked(row[0])}
+    reporter = metrics.MetricsReporter.__new__(metrics.MetricsReporter)  # no directory, no loop: families only
+    reporter.monitor = None
+    reporter.output = reporter.logged = metrics.StreamCounter()
+    reporter._attach_seen = (0, 0, 0)
+    written = {family.name for family in reporter.families()}
+    assert documented == written
+    labels = {ticked(row[0])[0]: ticked(row[1]) for row in table_after("| metric | labels | meaning |")}
+    assert labels["pyconmon_output_bytes_total"] == ["stream"]
+    assert labels["pyconmon_dropped_bytes_total"] == ["cause"]
+    causes = set(ticked(dropped_metric_meaning())) & {"rate_limit", "log_write", "global_size_max"}
+    assert causes == {"rate_limit", "log_write", "global_size_max"}
+    rendered = metrics.render(reporter.families(), {"container_id": "c", "container_name": "n"})
+    assert {m for m in re.findall(r'cause="([a-z_]+)"', rendered)} == causes
+
+
+def dropped_metric_meaning() -> str:
+    rows = table_after("| metric | labels | meaning |")
+    return next(row[2] for row in rows if "pyconmon_dropped_bytes_total" in row[0])
+
+
+# Options of the monitor that the README names, outside the tables above.
+MENTIONED = sorted(set(re.findall(r"`(?:conmon )?(--[a-z][a-z-]+)", README)) - {"--conmon", "--sections", "--rm"})
+REFUSED = {"--seccomp-notify-socket", "--seccomp-notify-plugins"}  # conmon 2.2 no longer has them
+
+
+def test_the_mentioned_options_are_the_expected_ones() -> None:
+    """If this fails, the README names a new option: add it here once it is tested as implemented."""
+    assert MENTIONED == ["--cid", "--cuuid", "--help", "--log-global-size-max", "--log-max-files", "--log-rotate",
+                         "--log-size-max", "--no-sync-log", "--print-config", "--restore",
+                         "--seccomp-notify-plugins", "--seccomp-notify-socket", "--sync", "--timeout",
+                         "--version"]
+
+
+@pytest.mark.parametrize("opt", MENTIONED)
+def test_each_mentioned_option_is_implemented_or_refused(opt: str) -> None:
+    known = {f"--{o[0]}" for o in options.OPTION_TABLE}
+    if opt in REFUSED:
+        assert opt not in known
+        with pytest.raises(options.UsageError, match=f"Unknown option {opt}"):
+            options.parse_args(["conmon", opt, "x"])
+        return
+    assert opt in known
+    attr = next(o[3] for o in options.OPTION_TABLE if f"--{o[0]}" == opt)
+    src = Path(options.__file__).parent
+    users = [p.name for p in src.glob("*.py") if p.name != "options.py" and re.search(rf"\.{attr}\b", p.read_text())]
+    assert users, f"{opt} is parsed into Options.{attr} but nothing reads it"
