@@ -3,14 +3,18 @@
 - ``monitor_bin``: parametrised over the monitors to compare (ids ``conmon``
   = /usr/bin/conmon, ``pyconmon`` = bin/pyconmon). Restrict with
   ``PYCONMON_TEST_MONITORS=pyconmon`` (comma-separated names or paths).
+- ``runtime``: parametrised over the OCI runtimes (ids ``runc``, ``crun``;
+  tests/support/runtimes.py), the path of the one to use; ``testbed`` and
+  ``podman_clean`` use it, so their tests run once per runtime. Restrict with
+  ``PYCONMON_TEST_RUNTIMES=runc``. A missing runtime fails, it is not skipped.
 - ``testbed``: per-test factory for bundles and monitors; deletes every
   container it created (``runc delete -f`` by id) and stops leftover monitors.
 - ``tracker``: the Tracker behind ``testbed``, for ids you create by hand.
 - ``rootfs``: the shared busybox root file system (built once).
 - ``short_dir``: a fresh short directory under /tmp, for sockets (unit tests).
-- ``podman``: a session-wide private Podman (tests/support/podman.py);
-  ``podman_clean`` is the same object but removes, at the end of the test,
-  the containers that test created.
+- ``podman``: a session-wide private Podman (tests/support/podman.py), runc;
+  ``podman_clean`` is the same Podman with ``--runtime`` set to ``runtime``'s
+  name, and removes, at the end of the test, the containers that test created.
 """
 
 import os
@@ -26,6 +30,7 @@ from support import MONITORS, RUNC
 from support.bundle import make_bundle, make_rootfs
 from support.harness import Tracker, new_cid, run_exec, run_monitor, short_tmpdir
 from support.podman import PODMAN, Podman
+from support.runtimes import prepare_crun_cgroups, require_runtime, selected_runtimes
 
 
 def _selected_monitors():
@@ -44,6 +49,7 @@ def _selected_monitors():
 
 
 _MONITOR_PARAMS = _selected_monitors()
+_RUNTIME_NAMES = [name for name, _ in selected_runtimes()]
 
 
 @pytest.fixture(params=[p for _, p in _MONITOR_PARAMS], ids=[n for n, _ in _MONITOR_PARAMS])
@@ -53,6 +59,33 @@ def monitor_bin(request):
     if not os.access(request.param, os.X_OK):
         pytest.skip(f"{request.param} is not installed")
     return request.param
+
+
+@pytest.fixture(scope="session")
+def crun_cgroups():
+    """Once per session, before the first crun container: crun's cgroup set-up (support/runtimes.py)."""
+    prepare_crun_cgroups()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "one_runtime: the runtime plays no part in what the test checks (a fake runtime, a refusal "
+                   "before it runs, or the monitor's own work after the start: floods, stalls, timers): run "
+                   "it with the first selected runtime only")
+
+
+def pytest_generate_tests(metafunc):
+    if "runtime" in metafunc.fixturenames:
+        one = metafunc.definition.get_closest_marker("one_runtime") is not None
+        metafunc.parametrize("runtime", _RUNTIME_NAMES[:1] if one else _RUNTIME_NAMES, indirect=True)
+
+
+@pytest.fixture
+def runtime(request):
+    """Path of the OCI runtime under test (each test using it runs once per runtime)."""
+    if request.param == "crun":
+        request.getfixturevalue("crun_cgroups")
+    return require_runtime(request.param)
 
 
 @pytest.fixture(scope="session")
@@ -79,9 +112,10 @@ def tracker():
 class Testbed:
     """Per-test helpers; every container, monitor and short dir is cleaned up after the test."""
 
-    def __init__(self, tmp_path, tracker):
+    def __init__(self, tmp_path, tracker, runtime):
         self.tmp_path = tmp_path
         self.tracker = tracker
+        self.runtime = runtime  # path of runc or crun: what run() and exec() use
         self._n = 0
 
     def workdir(self, prefix="c"):
@@ -97,7 +131,7 @@ class Testbed:
 
     def cid(self):
         """A new 64-hex container id, deleted with ``runc delete -f`` after the test."""
-        return self.tracker.add_container(new_cid())
+        return self.tracker.add_container(new_cid(), runtime=self.runtime)
 
     def bundle(self, args, **kw):
         """make_bundle in a fresh work dir; returns the bundle path."""
@@ -106,6 +140,7 @@ class Testbed:
     def run(self, conmon, args=None, *, start=True, **kw):
         """run_monitor in a fresh work dir; by default also ``runc start`` (pass start=False to attach first)."""
         kw.setdefault("workdir", self.workdir())
+        kw.setdefault("runtime", self.runtime)
         return run_monitor(conmon, args, start=start, tracker=self.tracker, **kw)
 
     def exec(self, conmon, container, args, **kw):
@@ -114,8 +149,8 @@ class Testbed:
 
 
 @pytest.fixture
-def testbed(tmp_path, tracker, rootfs):
-    return Testbed(tmp_path, tracker)
+def testbed(tmp_path, tracker, rootfs, runtime):
+    return Testbed(tmp_path, tracker, runtime)
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +169,7 @@ def podman():
 
 
 @pytest.fixture
-def podman_clean(podman):
+def podman_clean(podman, runtime):
     before = set(podman.ids())
-    yield podman
+    yield podman.with_runtime(runtime)
     podman.cleanup(keep=before)

@@ -44,6 +44,10 @@ from .process import (
 from .runtime import ListenPidError, listen_pid_env, preserved_fd_count, runtime_argv
 from .syncpipe import SyncPipe
 
+# Output kept from before the container pid is known: the error of a runtime that failed after
+# sending the pty (crun's exec), as much as is kept of its stderr pipe (stdio.RUNTIME_ERR_MAX).
+PTY_ERROR_MAX = 8192
+
 TYPE_CHECKING = False  # typing costs 7 ms at start-up
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
@@ -100,6 +104,7 @@ class Monitor:
         self.settings: Settings | None = None  # the configuration file and annotations, if any
         self.limiter: DropLimiter | None = None
         self.metrics: MetricsReporter | None = None
+        self.early_output = b""  # the first bytes of output before there is a container pid (see below)
 
     # -- signals ------------------------------------------------------------------
     def _forward(self, signum: int) -> None:
@@ -115,6 +120,8 @@ class Monitor:
 
     # -- output ----------------------------------------------------------------
     def _on_output(self, stream: int, data: bytes) -> None:
+        if not self.container_pid and len(self.early_output) < PTY_ERROR_MAX:
+            self.early_output += data[:PTY_ERROR_MAX - len(self.early_output)]
         if self.sinks is not None:
             self.sinks.write(stream, data)
         if self.attach is not None:
@@ -359,8 +366,23 @@ class Monitor:
     def _runtime_error(self) -> str:
         return self.stdio.runtime_error() if self.stdio is not None else ""
 
+    def _runtime_error_on_pty(self) -> str:
+        """What came on the pty of a runtime that failed after sending it: crun's exec writes its
+        error there, in colour (runc's goes to the stderr pipe), and the pty is pumped from the
+        moment it arrives. Colours dropped, CR LF made LF."""
+        if self.stdio is None or self.stdio.pty_master < 0:
+            return ""
+        data = self.early_output
+        try:
+            data += os.read(self.stdio.pty_master, PTY_ERROR_MAX)  # what the loop has not taken yet
+        except OSError:
+            pass
+        import re
+        data = re.sub(rb"\x1b\[[0-9;]*[A-Za-z]", b"", data[:PTY_ERROR_MAX]).replace(b"\r\n", b"\n")
+        return data.decode("utf-8", "replace")
+
     def _runtime_failed(self, code: int) -> int:
-        message = self._runtime_error()
+        message = self._runtime_error() or self._runtime_error_on_pty()
         text = f"Failed to create container: exit status {code}"
         self.sync.send(-1, message or text)
         self.diag.error(text)
@@ -404,12 +426,20 @@ class Monitor:
             return
         self.timed_out = True
         self.diag.warn(f"Timed out after {self.opts.timeout} seconds: killing the container")
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(self.container_pid, SIGKILL)
-                break
-            except OSError:
-                continue
+        # As conmon: the process's group, whoever leads it. runc makes an exec'd process its own
+        # group leader; crun's exec process joins the group of crun's intermediate child, so
+        # killpg(pid) would miss it and leave its children behind. Never our own group.
+        try:
+            group = os.getpgid(self.container_pid)
+        except OSError:
+            group = 0
+        try:
+            if group > 1 and group != os.getpgrp():
+                os.killpg(group, SIGKILL)
+            else:
+                os.kill(self.container_pid, SIGKILL)
+        except OSError:
+            pass
 
     def _finish_output(self) -> None:
         """After the container's end, before the exit files: last OOM check, logs, clients, fds."""

@@ -1,4 +1,4 @@
-"""The core monitor with real runc on busybox bundles (issue 2, "What it must show").
+"""The core monitor with real runc and crun on busybox bundles (issue 2, "What it must show").
 
 Each test starts a monitor the way Podman does (``testbed.run``, style
 ``podman``) unless it says otherwise, and checks what a caller can observe:
@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from support import C_CONMON, LAUNCHER, RUNC
+from support import C_CONMON, LAUNCHER
 from support.bundle import no_pid_ns
 from support.harness import (
     Deadline,
@@ -28,7 +28,7 @@ from support.harness import (
     proc_cmdline,
     read_exit_file,
     read_k8s_log,
-    runc_kill,
+    runtime_kill,
     wait_pid_gone,
     write_script,
 )
@@ -95,13 +95,13 @@ def stderr_of(m):
 
 
 EXIT_CASES = {
-    # name: (command, share host pid ns, runc kill signal or None, expected code)
+    # name: (command, share host pid ns, runtime kill signal or None, expected code)
     "exit0": (["true"], False, None, 0),
     "exit3": (["sh", "-c", "exit 3"], False, None, 3),
     "self-sigkill": (["sh", "-c", "kill -KILL $$; exit 1"], True, None, 137),
     "self-sigterm": (["sh", "-c", "kill -TERM $$; exit 1"], True, None, 143),
-    "runc-kill-KILL": (["sleep", "100"], False, "KILL", 137),
-    "runc-kill-TERM": (["sleep", "100"], True, "TERM", 143),
+    "runtime-kill-KILL": (["sleep", "100"], False, "KILL", 137),
+    "runtime-kill-TERM": (["sleep", "100"], True, "TERM", 143),
 }
 
 
@@ -112,7 +112,7 @@ def test_exit_codes(testbed, monitor_bin, case):
     m = testbed.run(monitor_bin, args, **kw)
     assert m.sync_msg == {"data": m.container_pid}, m.describe()
     if kill:
-        runc_kill(m.cid, kill, check=True)
+        runtime_kill(m, kill, check=True)
     assert m.wait_exit_file() == code
     with open(m.exit_file, "rb") as f:
         assert f.read() == str(code).encode()  # no newline
@@ -170,11 +170,12 @@ def test_timeout(testbed, monitor_bin, form):
         assert f.read() == b"-1"
     # (C conmon writes the exit file right after kill(), before the process is gone: tested below)
     poll_until(lambda: not pid_alive(m.container_pid), timeout=5, what="container killed")
-    state = container_state(m.cid)
+    state = m.state()
     assert state is None or state["status"] == "stopped", state
     m.wait(10)
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_timeout_counts_from_the_pid_report(testbed, monitor_bin):
     """``--timeout 1`` started at ten phases of the wall-clock second: the exit file (its mtime)
     comes 1 s after the monitor reported the container's pid (0.05 s allowed for reading the
@@ -206,7 +207,7 @@ def test_timeout_exit_file_only_after_the_process_is_gone(testbed, monitor_bin):
     process still exists."""
     m = testbed.run(monitor_bin, ["sleep", "100"], timeout=1)
     assert m.container_pid, m.describe()
-    subprocess.run([RUNC, "pause", m.cid], check=True, capture_output=True, timeout=30)
+    m.runtime_cmd("pause", m.cid, check=True)
     try:
         poll_until(lambda: pending_signals(m.container_pid) & (1 << (signal.SIGKILL - 1)), 10,
                    what="the monitor's SIGKILL, pending in the frozen process")
@@ -217,7 +218,7 @@ def test_timeout_exit_file_only_after_the_process_is_gone(testbed, monitor_bin):
             assert m.wait_exit_file(5) == -1
             assert os.path.exists(f"/proc/{m.container_pid}")  # frozen, not reaped
     finally:
-        subprocess.run([RUNC, "resume", m.cid], capture_output=True, timeout=30)
+        m.runtime_cmd("resume", m.cid)
     assert m.wait_exit_file(10) == -1
     poll_until(lambda: not pid_alive(m.container_pid), 5, what="container gone")
 
@@ -301,9 +302,10 @@ def _nothing_started(m):
     assert m.sync.read(5) is None, "a sync message from a monitor that should not have started"
     assert not os.path.exists(m.conmon_pidfile)
     assert read_exit_file(m.exit_file) is None
-    assert container_state(m.cid) is None
+    assert m.state() is None
 
 
+@pytest.mark.one_runtime
 @pytest.mark.parametrize("kind", ["missing", "not-executable"])
 def test_runtime_invalid(testbed, kind):
     wd = testbed.workdir()
@@ -318,6 +320,7 @@ def test_runtime_invalid(testbed, kind):
     _nothing_started(m)
 
 
+@pytest.mark.one_runtime
 def test_runtime_directory_passes_validation(testbed, monitor_bin):
     """conmon checks only access(X_OK), which a directory passes: the run fails, not the validation."""
     rt = testbed.workdir()
@@ -330,7 +333,7 @@ def test_runtime_directory_passes_validation(testbed, monitor_bin):
         assert msg is None  # C conmon's runtime child exits 127 silently: the caller sees EOF
     m.wait(10)
     assert read_exit_file(m.exit_file) is None
-    assert container_state(m.cid) is None
+    assert m.state() is None
 
 
 FAILING_RUNTIME = """#!/bin/sh
@@ -340,6 +343,7 @@ exit 1
 """
 
 
+@pytest.mark.one_runtime
 def test_runtime_fails(testbed, monitor_bin):
     rt = write_script(os.path.join(testbed.workdir(), "rt"), FAILING_RUNTIME)
     m = testbed.run(monitor_bin, ["true"], start=False, extra_args=["-r", rt])
@@ -355,6 +359,7 @@ def test_runtime_fails(testbed, monitor_bin):
 FLOODING_RUNTIME = "#!/bin/sh\nhead -c 10485760 /dev/zero | tr '\\0' e >&2\necho final >&2\nexit 1\n"
 
 
+@pytest.mark.one_runtime
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipes", "tty"])
 def test_runtime_fails_with_10_mib_of_stderr(testbed, terminal):
     """A runtime that writes 10 MiB to stderr (more than the 1 MiB pipe, or the 64 KiB one with -t)
@@ -368,6 +373,7 @@ def test_runtime_fails_with_10_mib_of_stderr(testbed, terminal):
     assert not os.listdir(m.exit_dir)
 
 
+@pytest.mark.one_runtime
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipes", "tty"])
 def test_runtime_fails_with_10_mib_of_stderr_conmon(testbed, terminal):
     """[conmon] C conmon 2.1.6 reads the stderr pipe only after the runtime has exited, and the
@@ -384,6 +390,7 @@ def test_runtime_fails_with_10_mib_of_stderr_conmon(testbed, terminal):
     m.close()
 
 
+@pytest.mark.one_runtime
 def test_runtime_fails_crio_legacy_key(testbed, monitor_bin):
     rt = write_script(os.path.join(testbed.workdir(), "rt"), FAILING_RUNTIME)
     m = testbed.run(monitor_bin, ["true"], style="crio", start=False, extra_args=["-r", rt])
@@ -393,6 +400,7 @@ def test_runtime_fails_crio_legacy_key(testbed, monitor_bin):
     assert not os.path.exists(os.path.join(m.persist_dir, "exit"))
 
 
+@pytest.mark.one_runtime
 def test_runtime_fails_sync_mode_status(testbed):
     """With --sync the monitor is the caller's child: it exits 1 after reporting -1."""
     rt = write_script(os.path.join(testbed.workdir(), "rt"), FAILING_RUNTIME)
@@ -454,6 +462,7 @@ def test_seccomp_notify_options_parsed_by_c_conmon_216(tmp_path, opt):
     assert (status, out, err) == (1, b"", f"conmon: option parsing failed: Unknown option {opt}\n".encode())
 
 
+@pytest.mark.one_runtime
 @pytest.mark.parametrize("var", ["_OCI_SYNCPIPE", "_OCI_STARTPIPE"])
 def test_bad_fd_in_environment(testbed, var):
     """A pipe fd variable that isn't a number is fatal before anything starts (CONTRACT 2.4)."""
@@ -461,12 +470,12 @@ def test_bad_fd_in_environment(testbed, var):
     cid = testbed.cid()
     bundle = testbed.bundle(["true"])
     env = {"PATH": os.environ["PATH"], var: "three"}
-    r = subprocess.run([LAUNCHER, "-c", cid, "-u", cid, "-r", RUNC, "-b", bundle, "-l", f"{wd}/log",
+    r = subprocess.run([LAUNCHER, "-c", cid, "-u", cid, "-r", testbed.runtime, "-b", bundle, "-l", f"{wd}/log",
                         "--exit-dir", wd, "-P", f"{wd}/conmon.pid"], env=env, cwd=wd, capture_output=True,
                        timeout=30, check=False)
     assert r.returncode == 1, r
     assert r.stderr.startswith(b"[conmon:e]: "), r.stderr
-    assert container_state(cid) is None
+    assert container_state(cid, runtime=testbed.runtime) is None
     assert not os.path.exists(f"{wd}/conmon.pid")
 
 
@@ -489,7 +498,7 @@ def test_pidfiles(testbed, monitor_bin):
     with open(f"/proc/{m.container_pid}/status") as f:
         ppid = int(next(x for x in f if x.startswith("PPid:")).split()[1])
     assert ppid == m.pid  # the monitor (a subreaper) is the container's parent
-    runc_kill(m.cid, "KILL", check=True)
+    runtime_kill(m, "KILL", check=True)
     assert m.wait_exit_file() == 137
     wait_pid_gone(m.pid, 10)
     assert not pid_alive(m.pid)
@@ -531,6 +540,7 @@ def test_passthrough_stdin(testbed, monitor_bin, stdin):
     assert m.stdout == b"piped input\ndone\n"
 
 
+@pytest.mark.one_runtime
 @pytest.mark.parametrize("fd", [0, 1, 2])
 def test_passthrough_refuses_tty(testbed, fd):
     """pyconmon only: a tty as the monitor's stdio would be handed to the container (TIOCSTI)."""
@@ -547,7 +557,7 @@ def test_passthrough_refuses_tty(testbed, fd):
             os.set_blocking(master, False)
             assert b"passthrough" in os.read(master, 4096)
         assert m.sync.read(5) is None
-        assert container_state(m.cid) is None
+        assert m.state() is None
     finally:
         os.close(slave)
         os.close(master)
@@ -605,8 +615,8 @@ def test_leave_stdin_open(testbed, monitor_bin):
     c2.send(b"two\n")
     assert c2.read_until(lambda o: b"two\n" in o.get(2, b"")) == {2: b"two\n"}
     assert read_exit_file(m.exit_file) is None
-    assert container_state(m.cid)["status"] == "running"
-    runc_kill(m.cid, "KILL", check=True)
+    assert m.state()["status"] == "running"
+    runtime_kill(m, "KILL", check=True)
     assert m.wait_exit_file() == 137
     assert [x.content for x in m.log_lines()] == [b"one", b"two"]
 
@@ -681,6 +691,7 @@ def test_stdin_flood_through_a_slow_container(testbed, monitor_bin):
     assert len(lines) == 250_000 and lines[-1].content == b"0249999"
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_stuck_client_does_not_stall(testbed):
     """pyconmon only: C conmon blocks on a client that stops reading (CONTRACT 4).
 

@@ -26,13 +26,12 @@ import pytest
 
 from support import C_CONMON, LAUNCHER
 from support.harness import (
-    CRIO_RUNTIME_ROOT,
-    container_state,
+    crio_runtime_root,
     pid_alive,
     poll_until,
     read_k8s_log,
     read_pidfile,
-    runc_kill,
+    runtime_kill,
     wait_pid_gone,
 )
 
@@ -113,7 +112,7 @@ def test_create_like_crio(testbed, crio_monitor):
     m = testbed.run(crio_monitor, ["sh", "-c", "echo hello; echo oops >&2; exec sleep 100"], style="crio")
     # what CRI-O passed: its order, a dash-led value, its minimal environment, cwd = bundle
     i = m.argv.index("--runtime-arg")
-    assert m.argv[i + 1] == f"--root={CRIO_RUNTIME_ROOT}"
+    assert m.argv[i + 1] == f"--root={crio_runtime_root(testbed.runtime)}"
     assert m.argv[1:3] == ["-b", m.bundle] and m.argv[-2:] == ["-u", m.cid]
     assert "--syslog" in m.argv  # and no /dev/log on this machine: must not matter
     assert set(m.env) == {"PATH", "CRI_O_EXTERNAL", "_OCI_SYNCPIPE", "_OCI_STARTPIPE"}
@@ -121,7 +120,7 @@ def test_create_like_crio(testbed, crio_monitor):
     assert m.first_status == 0, m.describe()
     # one JSON value with the legacy key, on a stream socket
     assert b"".join(m.sync.chunks) == b'{"pid": %d}\n' % m.container_pid
-    assert container_state(m.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+    assert m.state()["status"] == "running"
     with open(m.pidfile, "rb") as f:
         assert int(f.read()) == m.container_pid
     # -P: bare digits; the pid is alive (kill(pid, 0)) and stays the same process (start time)
@@ -134,7 +133,7 @@ def test_create_like_crio(testbed, crio_monitor):
     poll_until(lambda: log_has(m.log_path, b"oops") and log_has(m.log_path, b"hello"), what="output logged")
     assert sorted((s, c) for s, _, c in records(m.log_path)) == [("stderr", b"oops"), ("stdout", b"hello")]
     assert not os.listdir(m.persist_dir) and not os.listdir(m.exit_dir)
-    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
+    runtime_kill(m, "KILL", check=True)
     assert m.wait_exit_file() == 137
     assert m.persist_exit() == 137
     with open(os.path.join(m.persist_dir, "exit"), "rb") as f:
@@ -158,7 +157,7 @@ def test_installed_binary_empty_environment(testbed, installed_conmon):
     r = subprocess.run(["pidof", "conmon"], capture_output=True, text=True, check=False)
     assert str(m.pid) in r.stdout.split()
     poll_until(lambda: log_has(m.log_path, b"from-installed"), what="output logged")
-    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
+    runtime_kill(m, "KILL", check=True)
     assert m.wait_exit_file() == 137
     assert m.persist_exit() == 137
 
@@ -170,9 +169,9 @@ def test_first_process_lets_go_of_callers_stdio(testbed, crio_monitor, terminal)
     m = testbed.run(crio_monitor, ["sleep", "100"], style="crio", terminal=terminal)
     assert m.container_pid, m.describe()
     assert m.wait_stdio_eof(5), "the running monitor or container still holds CRI-O's stdout/stderr"
-    assert container_state(m.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+    assert m.state()["status"] == "running"
     assert m.stdout == m.stderr == b""
-    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
+    runtime_kill(m, "KILL", check=True)
     assert m.wait_exit_file() == 137
 
 
@@ -226,8 +225,8 @@ def test_stdin_not_once(testbed, crio_monitor):
     c2 = m.attach()
     c2.send(b"two\n")
     assert c2.read_until(lambda o: b"two\n" in o.get(2, b"")) == {2: b"two\n"}
-    assert container_state(m.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
-    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
+    assert m.state()["status"] == "running"
+    runtime_kill(m, "KILL", check=True)
     assert m.wait_exit_file() == 137
 
 
@@ -258,7 +257,7 @@ def test_reopen_log_makes_an_event_and_empties_the_log(testbed, crio_monitor):
     c = m.attach()
     c.send(b"after\n")
     poll_until(lambda: records(m.log_path) == [("stdout", "F", b"after")], what="new output in the new file")
-    runc_kill(m.cid, "KILL", root=CRIO_RUNTIME_ROOT, check=True)
+    runtime_kill(m, "KILL", check=True)
     assert m.wait_exit_file() == 137
     assert records(m.log_path) == [("stdout", "F", b"after")]
 
@@ -305,7 +304,7 @@ def test_exec_sync(testbed, crio_container, any_monitor):
     exec_pid = read_pidfile(e.pidfile)
     assert exec_pid and not pid_alive(exec_pid)
     assert e.wait_stdio_eof(5)
-    assert container_state(crio_container.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+    assert crio_container.state()["status"] == "running"
 
 
 def test_exec_sync_timeout(testbed, crio_container, crio_monitor):
@@ -317,7 +316,7 @@ def test_exec_sync_timeout(testbed, crio_container, crio_monitor):
     assert exec_pid
     poll_until(lambda: not pid_alive(exec_pid), what="timed-out exec process killed")
     assert records(e.log_path) == [("stdout", "F", b"started")]
-    assert container_state(crio_container.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+    assert crio_container.state()["status"] == "running"
 
 
 def test_exec_sync_command_not_found(testbed, crio_container, crio_monitor):
@@ -329,7 +328,7 @@ def test_exec_sync_command_not_found(testbed, crio_container, crio_monitor):
     assert msg is not None and set(msg) == {"exit_code", "message"} and msg["exit_code"] == -1, e.describe()
     assert "doesnotexist" in msg["message"], msg
     assert records(e.log_path) == []
-    assert container_state(crio_container.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+    assert crio_container.state()["status"] == "running"
 
 
 @pytest.mark.parametrize("trap", [False, True], ids=["default", "trapped"])
@@ -356,7 +355,7 @@ def test_exec_sync_sigint_forwarded(testbed, crio_container, any_monitor, trap):
     if trap:
         assert log_has(e.log_path, b"got-int")
     assert not pid_alive(read_pidfile(e.pidfile))
-    assert container_state(crio_container.cid, CRIO_RUNTIME_ROOT)["status"] == "running"
+    assert crio_container.state()["status"] == "running"
 
 
 def test_exec_sync_output_cap(testbed, crio_container, crio_monitor):

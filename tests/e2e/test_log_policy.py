@@ -62,6 +62,7 @@ def check_drop(records, total, rate, burst, took):
     assert len(dropped) <= took / 1.0 + 2  # once per interval, plus the one at exit
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_drop_by_annotation_container_runs_at_its_own_speed(testbed, policy_conmon):
     m, code, took = run_timed(testbed, policy_conmon, FLOOD, bundle_kw={"edit": annotate(
         {"io.pyconmon.log.rate": "1M", "io.pyconmon.log.policy": "drop"})})
@@ -71,6 +72,7 @@ def test_drop_by_annotation_container_runs_at_its_own_speed(testbed, policy_conm
     check_drop(m.log_records(), total, MiB, MiB, took)
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_block_by_config_file_loses_nothing_and_takes_size_over_rate(testbed, policy_conmon, config_file):
     config_file('[log]\nrate = "1M"\nburst = "512k"\npolicy = "block"\n')
     first, count = 1_000_000, 600_000  # 8-byte lines: 4.8 MB
@@ -169,6 +171,7 @@ def podman_took(podman, cid):
     return (datetime.datetime.fromisoformat(finished) - datetime.datetime.fromisoformat(started)).total_seconds()
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_podman_annotation_drop(podman_clean, installed_conmon):
     podman = podman_clean
     cid = run_d(podman, installed_conmon, "--annotation", "io.pyconmon.log.rate=1M",
@@ -182,6 +185,7 @@ def test_podman_annotation_drop(podman_clean, installed_conmon):
     assert r.returncode == 0 and "dropped" in r.stderr
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_podman_annotation_block(podman_clean, installed_conmon):
     podman = podman_clean
     cid = run_d(podman, installed_conmon, "--annotation", "io.pyconmon.log.rate=1M",

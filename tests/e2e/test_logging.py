@@ -1,7 +1,7 @@
 """Log drivers and log management through the real monitor (issue 4).
 
 Every test starts a monitor the way Podman does (tests/support/harness.py)
-on a real runc container; most run once per monitor (``monitor_bin``) so C
+on a real runc or crun container; most run once per monitor (``monitor_bin``) so C
 conmon 2.1.6 is the reference.  Where 2.1.6 lacks an option
 (``--log-label``, ``--no-container-partial-message``, ``--log-rotate``,
 ``--log-max-files``, ``--log-allowlist-dir``) or where the CONTRACT/issue asks
@@ -30,14 +30,13 @@ import pytest
 
 from support import is_c
 from support.harness import (
-    container_state,
     join_lines,
     new_cid,
     parse_k8s_timestamp,
     podman_create_args,
     poll_until,
     read_k8s_log,
-    runc_kill,
+    runtime_kill,
     write_ctl,
 )
 from support.journald_service import (
@@ -243,7 +242,8 @@ def test_journald_syslog_identifier_falls_back(testbed, monitor_bin, journal, na
     u = os.path.join(wd, "userdata")
     argv = podman_create_args(cid=cid, bundle=os.path.join(wd, "bundle"), pidfile=os.path.join(u, "pidfile"),
                               name=name or "x", exit_dir=os.path.join(wd, "exits"), log_driver="journald",
-                              conmon_pidfile=os.path.join(u, "conmon.pid"), oci_log=os.path.join(u, "oci-log"))
+                              conmon_pidfile=os.path.join(u, "conmon.pid"), oci_log=os.path.join(u, "oci-log"),
+                              runtime=testbed.runtime)
     if name is None:
         i = argv.index("-n")
         del argv[i:i + 2]
@@ -339,6 +339,7 @@ def test_journal_socket_trouble_keeps_container_and_k8s_going(testbed, monitor_b
         assert warnings[0][:2] == (4, "nwarn") and "journal" in warnings[0][3].lower()
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_full_syslog_stalls_nothing(testbed, monitor_bin, syslog):
     """A syslog daemon that never reads (its /dev/log queue fills up) while the journal socket
     refuses every write (a warning per write for C conmon): pyconmon's syslog writes don't block,
@@ -353,7 +354,7 @@ def test_full_syslog_stalls_nothing(testbed, monitor_bin, syslog):
     m = run_podman(testbed, wrap, ["sh", "-c", script], ["journald", f"k8s-file:{log}"], ["--syslog"])
     assert m.container_pid, m.describe()
     if is_c(monitor_bin):
-        poll_until(lambda: container_state(m.cid)["status"] == "stopped", 20, what="the container to finish")
+        poll_until(lambda: m.state()["status"] == "stopped", 20, what="the container to finish")
         with pytest.raises(TimeoutError):  # it finished, but its monitor is stuck in syslog(3)
             m.wait_exit_file(5)
         logged = len(join_lines(read_k8s_log(log)))
@@ -399,6 +400,7 @@ def journal_streams(cid, name, directory=None, socket_path=SOCKET):
     return streams[b"6"], streams[b"3"]
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 @pytest.mark.parametrize("workload", FLOODS)
 def test_journald_flood_arrives_exactly_once_in_order(testbed, monitor_bin, journal, workload):
     script, out, err = FLOODS[workload]
@@ -418,6 +420,7 @@ def private_journal(testbed, journal):
     stop_private_journald(j)
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 @pytest.mark.parametrize("stop_s", [1.0, 4.0], ids=["within-the-2s-bound", "past-the-2s-bound"])
 def test_journald_stopped_for_a_while(testbed, monitor_bin, private_journal, syslog, stop_s):
     """journald SIGSTOPped while the container floods, then continued.
@@ -440,7 +443,7 @@ def test_journald_stopped_for_a_while(testbed, monitor_bin, private_journal, sys
         said_while_stopped = len([x for x in syslog.drain() if x[1] != "ndebug"])
     finally:
         os.kill(j.pid, signal.SIGCONT)
-    runc_kill(m.cid, "USR1")  # the trap runs once the flood is written: "last" comes after it
+    runtime_kill(m, "USR1")  # the trap runs once the flood is written: "last" comes after it
     assert m.wait_exit_file(120) == 0, m.describe()
     got, err = journal_streams(m.cid, FLOOD_NAME, j.directory, j.socket_path)
     assert err == [] and got[-1:] == [b"last"], got[-3:]
@@ -579,7 +582,7 @@ def test_ctl_reopen_while_writing(testbed, monitor_bin, mode):
     write_ctl(m.bundle, "2 0 0\n")
     poll_until(lambda: os.path.exists(log) and os.stat(log).st_ino != ino and os.path.getsize(log) > 20_000,
                what="the reopened log")
-    runc_kill(m.cid)
+    runtime_kill(m)
     assert m.wait_exit_file() == 137
     old = read_k8s_log(log + ".1") if mode != "in-place" else []
     new = read_k8s_log(log)
@@ -649,7 +652,7 @@ def test_unsafe_log_path_is_refused_before_the_container(testbed, monitor_bin, c
     assert m.sync_msg and m.sync_msg["data"] == -1, m.describe()
     assert why in m.sync_msg["message"]
     assert m.read_sync() is None
-    assert container_state(m.cid) is None  # no container created ...
+    assert m.state() is None  # no container created ...
     assert not os.path.exists(m.oci_log)  # ... the runtime never ran
     if case == "symlink":
         assert os.path.islink(log) and os.path.getsize(log) == 0  # the target untouched
@@ -670,7 +673,7 @@ def test_unsafe_log_path_refusal_reaches_crio_too(testbed, monitor_bin):
         return
     assert m.first_status == 1, m.describe()
     assert m.sync_msg and m.sync_msg["pid"] == -1 and why in m.sync_msg["message"], m.describe()
-    assert container_state(m.cid, m.runtime_root) is None
+    assert m.state() is None
     assert not os.path.lexists(log)
 
 
@@ -725,7 +728,7 @@ def test_log_open_error_on_stderr_and_sync_pipe(testbed, monitor_bin):
     assert m.first_status == 1, m.describe()
     assert m.wait_stdio_eof(5)
     assert b"[conmon:e]: Failed to open log file" in m.stderr
-    assert container_state(m.cid) is None
+    assert m.state() is None
     if is_c(monitor_bin):
         assert m.sync_msg is None  # conmon 2.1.6: just EOF on the sync pipe
     else:
@@ -784,7 +787,7 @@ def test_syslog_levels(testbed, monitor_bin, syslog, level):
     poll_until(lambda: os.stat(m.log_path).st_ino != ino, what="the reopened log")
     write_ctl(m.bundle, "9 0 0\n")  # ... and a bad message: a warning in both
     syslog.wait_for(lambda x: x[1] == "nwarn" and "9" in x[3], what="the ctl warning")
-    runc_kill(m.cid)
+    runtime_kill(m)
     assert m.wait_exit_file() == 137
     m.wait(10)
     got = syslog.drain()

@@ -26,7 +26,7 @@ import subprocess
 
 import pytest
 
-from support import MONITORS, RUNC
+from support import MONITORS
 from support.harness import poll_until, proc_cmdline
 
 SENDER_C = r"""
@@ -199,11 +199,11 @@ def test_relay_filter_from_host_side(testbed, listener, monitor):
 
 @pytest.fixture
 def shim(testbed):
-    """A runtime that records its pid and environment (``env.<pid>`` files), then execs runc."""
+    """A runtime that records its pid and environment (``env.<pid>`` files), then execs the real one."""
     d = testbed.workdir("shim")
     path = os.path.join(d, "runtime")
     with open(path, "w") as f:
-        f.write(f'#!/bin/sh\n{{ echo "SHIM_PID=$$"; env; }} > {d}/env.$$\nexec {RUNC} "$@"\n')
+        f.write(f'#!/bin/sh\n{{ echo "SHIM_PID=$$"; env; }} > {d}/env.$$\nexec {testbed.runtime} "$@"\n')
     os.chmod(path, 0o755)
 
     def envs():
@@ -217,6 +217,7 @@ def shim(testbed):
     return path, envs
 
 
+@pytest.mark.one_runtime  # the monitor's environment handling: the shim sees it before any runtime runs
 @pytest.mark.parametrize("case", ["monitor", "caller", "other", "other-replace", "none"])
 def test_listen_pid(testbed, monitor_bin, shim, case):
     """Rewritten to the runtime's pid only when it names the monitor itself or with --replace-listen-pid.
@@ -257,6 +258,7 @@ def test_listen_pid(testbed, monitor_bin, shim, case):
         assert env["LISTEN_FDS"] == "0"
 
 
+@pytest.mark.one_runtime
 @pytest.mark.parametrize("value", ["abc", "0", "-3", ""])
 def test_invalid_listen_pid_is_fatal(testbed, monitor_bin, shim, value):
     """The runtime never runs; the caller gets -1 with the reason on the sync pipe."""

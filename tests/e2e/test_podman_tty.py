@@ -6,7 +6,8 @@ with ``capture-pane``, always polling for an expected text with a deadline.
 The monitor is the installed one (``make podman PREFIX=<tmp>``); where it is
 cheap the same steps also run through Debian's C conmon 2.1.6, the reference.
 Exec sessions start a monitor of their own, so one long-running container
-(made with the installed pyconmon) serves every exec test.
+per runtime (runc, crun; made with the installed pyconmon) serves every exec
+test. The other tests run with both runtimes through ``podman_clean``.
 """
 
 import hashlib
@@ -22,6 +23,7 @@ import pytest
 
 from support.harness import poll_until, read_k8s_log
 from support.podman import SLOW, exit_code, run_d
+from support.runtimes import require_runtime, selected_runtimes
 
 # Without Debian's conmon only the [conmon] variants skip (tests/e2e/conftest.py's monitor_named).
 pytestmark = pytest.mark.skipif(not shutil.which("tmux"), reason="needs tmux")
@@ -29,12 +31,19 @@ pytestmark = pytest.mark.skipif(not shutil.which("tmux"), reason="needs tmux")
 PROMPT = re.compile(r"^/ # ", re.M)
 
 
-@pytest.fixture(scope="module")
-def sleeper(podman, installed_conmon):
-    """A running container (installed pyconmon) for exec sessions; removed after the module."""
-    cid = run_d(podman, installed_conmon, podman.image, "sleep", "3600")
-    yield cid
-    podman.rm(cid)
+@pytest.fixture(scope="module", params=[name for name, _ in selected_runtimes()])
+def sleeper(request, podman, installed_conmon):
+    """A running container (installed pyconmon) for exec sessions, one per runtime (the exec tests
+    run with each); removed after the module. Podman execs with the container's own runtime."""
+    if request.param == "crun":
+        request.getfixturevalue("crun_cgroups")
+    require_runtime(request.param)
+    cid = run_d(podman.with_runtime(request.param), installed_conmon, podman.image, "sleep", "3600")
+    try:
+        assert podman.inspect(cid, "{{.OCIRuntime}}") == request.param  # what every `podman exec` uses
+        yield cid
+    finally:
+        podman.rm(cid)
 
 
 class Pane:
@@ -187,7 +196,7 @@ def test_exec_streams_apart_and_exit_codes(podman, sleeper, ref_and_installed):
     assert r.returncode == 137, r.stderr
     r = podman("exec", sleeper, "/no/such/binary", conmon=conmon, timeout=SLOW)
     assert r.returncode == 127, r.stderr
-    assert "no such file or directory" in r.stderr
+    assert "no such file or directory" in r.stderr.lower()  # runc's words, or crun's capitalised
 
 
 def test_exec_interactive_piped_stdin(podman, sleeper, installed_conmon):

@@ -26,17 +26,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import MONITORS, RUNC, is_c
+from support import MONITORS, is_c
 from support.bundle import no_pid_ns
 from support.harness import (
     AttachClient,
     Deadline,
-    container_state,
     pid_alive,
     pidfile_runtime,
     poll_until,
     proc_cmdline,
     read_exit_file,
+    runtime_kill,
     wait_exit_file,
     wait_pid_gone,
     write_ctl,
@@ -88,6 +88,7 @@ def first_difference(got, expected):
 MILLION = 1_000_000
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_million_lines_then_exit_at_once(testbed, monitor_bin):
     """``seq`` as the container's only process: it writes 6.9 MB as fast as it can and exits."""
     m = testbed.run(monitor_bin, ["seq", "1", str(MILLION)])
@@ -109,6 +110,7 @@ def test_million_lines_then_exit_mid_line(testbed, monitor_bin):
     assert last_record(m.log_path).endswith(b" stdout P unfinished line")  # no closing F
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_burst_then_sigkill_itself(testbed, monitor_bin):
     """A 10 MB burst, then ``kill -9 $$``: up to a pipe full is unread when the process dies; all is logged.
 
@@ -166,6 +168,7 @@ def _drain_packets(client, timeout):
     return b"".join(d for s, d in client.packets if s == 2)
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_stuck_attach_client_stalls_nothing(testbed, monitor_bin):
     """One client connects and never reads while the container writes 50 MB.
 
@@ -196,7 +199,7 @@ def test_stuck_attach_client_stalls_nothing(testbed, monitor_bin):
     if is_c(monitor_bin):
         with pytest.raises(TimeoutError):
             m.wait_exit_file(5)
-        assert container_state(m.cid)["status"] == "running"  # blocked writing to its stdout pipe
+        assert m.state()["status"] == "running"  # blocked writing to its stdout pipe
         # the log and the other client stall with it
         logged, delivered = os.path.getsize(m.log_path), len(reader.packets)
         with pytest.raises(TimeoutError):
@@ -204,7 +207,7 @@ def test_stuck_attach_client_stalls_nothing(testbed, monitor_bin):
                        what="the log or the reading client to get more")
         assert logged < len(LINE_999) * lines // 2, logged
         stuck.close()
-        subprocess.run([RUNC, "kill", m.cid, "KILL"], capture_output=True, timeout=30)
+        runtime_kill(m)
         assert m.wait_exit_file(30) == 137
         t.join(30)
         return
@@ -289,7 +292,7 @@ def test_full_disk_warns_once_keeps_draining_and_recovers(testbed, monitor_bin, 
         assert m.container_pid, m.describe()
         # phase 1 ends although most of it could not be written: the pipe was drained all along
         poll_until(lambda: os.path.exists(os.path.join(ctl, "phase1")), 30, what="phase 1 to finish")
-        assert container_state(m.cid, m.runtime_root)["status"] == "running"
+        assert m.state()["status"] == "running"
         if is_c(monitor_bin):  # C conmon leaves a torn record behind on ENOSPC
             with pytest.raises(AssertionError, match="malformed"):
                 stream_bytes(m.log_path)
@@ -372,10 +375,11 @@ def _c_conmon_dies_of_churn(m, cycles=10_000):
     kernel_log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=30).stdout
     assert f"conmon[{m.pid}]: segfault at " in kernel_log, kernel_log[-2000:]
     assert read_exit_file(m.exit_file) is None
-    assert container_state(m.cid)["status"] == "running"  # orphaned
-    subprocess.run([RUNC, "kill", m.cid, "KILL"], capture_output=True, timeout=30)
+    assert m.state()["status"] == "running"  # orphaned
+    runtime_kill(m)
 
 
+@pytest.mark.one_runtime  # the monitor's own work after the start
 def test_churn_returns_fds_and_memory(testbed, monitor_bin):
     """1000 attach connect/disconnect cycles and 1000 ctl messages while the container writes.
 
@@ -410,11 +414,11 @@ def test_churn_returns_fds_and_memory(testbed, monitor_bin):
     poll_until(lambda: fd_count(m.pid) == base_fds, 10, what=f"fd count back to {base_fds}")
     rss = rss_kb(m.pid)
     assert rss - base_rss < 1024, f"RSS grew from {base_rss} to {rss} kB"
-    assert container_state(m.cid)["status"] == "running"
+    assert m.state()["status"] == "running"
     c = connect(m.attach_path)  # still serving
     assert c.recv(5)[0] == 2
     c.close()
-    subprocess.run([RUNC, "kill", m.cid, "KILL"], capture_output=True, timeout=30)
+    runtime_kill(m)
     assert m.wait_exit_file() == 137
 
 
@@ -433,13 +437,13 @@ def test_caller_closes_sync_pipe_early(testbed, monitor_bin, style):
     assert m.write_start()
     assert m.wait_first() == 0
     m.read_conmon_pidfile()
-    poll_until(lambda: (container_state(m.cid, m.runtime_root) or {}).get("status") == "created", 10,
+    poll_until(lambda: (m.state() or {}).get("status") == "created", 10,
                what="the container to be created")
     if is_c(monitor_bin):
         # conmon 2.1.6 exits on the failed pid write: the container then runs unwatched
         wait_pid_gone(m.pid, 10)
         m.start_container()
-        poll_until(lambda: container_state(m.cid, m.runtime_root)["status"] == "stopped", what="container exit")
+        poll_until(lambda: m.state()["status"] == "stopped", what="container exit")
         assert read_exit_file(m.exit_file) is None
         assert not os.path.exists(m.log_path) or m.log_lines() == []  # its "hi" went unlogged
         return
@@ -518,7 +522,7 @@ def test_runtime_dies_mid_create(testbed, monitor_bin, case):
     m.wait(10)
     assert not pid_alive(runtime_pid)
     assert os.listdir(m.exit_dir) == []
-    assert container_state(m.cid) is None
+    assert m.state() is None
 
 
 # Every signal whose default action ends the process (man 7 signal), uncatchable SIGKILL included,
@@ -552,7 +556,7 @@ def test_monitor_sigkilled_container_keeps_running(testbed, monitor_bin):
     wait_pid_gone(m.pid, 10)
     with pytest.raises(TimeoutError):  # it stays up
         wait_pid_gone(m.container_pid, 1.0)
-    assert container_state(m.cid)["status"] == "running"
+    assert m.state()["status"] == "running"
     assert read_exit_file(m.exit_file) is None
 
 

@@ -18,8 +18,7 @@ import threading
 import pytest
 
 from pyconmon import protocol
-from support import RUNC
-from support.harness import poll_until, runc_kill
+from support.harness import poll_until, runtime_kill
 from support.installed import install_podman_conmon
 from support.installed import unavailable_reason as install_unavailable
 
@@ -105,7 +104,7 @@ def test_container_in_server_mode(testbed, stub, style):
     assert [os.readlink(f"/proc/{servers[0]}/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3
     with open(f"/proc/{m.container_pid}/stat") as f:
         assert int(f.read().rsplit(")", 1)[1].split()[1]) == m.pid  # the stub is the container's reaper
-    runc_kill(m.cid)
+    runtime_kill(m)
     assert m.wait_exit_file(10) == 137
     m.wait(10)
     assert m.first_status == 0
@@ -151,7 +150,7 @@ def test_identity_matches_classic_field_by_field(testbed, stub, classic):
     assert seen["server"]["exe"] == "conmon"
     assert seen["server"] == seen["classic"]
     for m in mons.values():
-        runc_kill(m.cid)
+        runtime_kill(m)
     assert [m.wait_exit_file(10) for m in mons.values()] == [137, 137]
     logs = {name: sorted((r.stream, r.content) for r in m.log_records()) for name, m in mons.items()}
     assert logs["server"] == logs["classic"] == [("stderr", b"err"), ("stdout", b"out")]
@@ -164,7 +163,7 @@ def test_podman_exec_in_server_mode_and_crio_execsync_classic(testbed, stub):
     assert e.wait_exit_file(10) == 3
     s = testbed.exec(stub, m, ["sh", "-c", "echo sync-out; exit 4"], style="crio")  # --sync: classic
     assert s.sync_msg == {"exit_code": 4}
-    runc_kill(m.cid)
+    runtime_kill(m)
     assert m.wait_exit_file(10) == 137
 
 
@@ -214,7 +213,7 @@ def test_server_lost_before_the_runtime_classic_takes_over(testbed, stub, classi
         poll_until(lambda: os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic), what="classic exec")
         assert b"_PYCONMON_RESUMED" not in proc_text(m.container_pid, "environ")
         poll_until(lambda: sorted(r.content for r in m.log_records()) == [b"err", b"out"], what="logs")
-        runc_kill(m.cid)
+        runtime_kill(m)
         assert m.wait_exit_file(10) == 137
     finally:
         fake.close()
@@ -238,7 +237,7 @@ def test_classic_unless_switched_on(testbed, stub, classic, switch):
         m = testbed.run(stub, LONG, env_extra={"PYCONMON_MODE": "classic"} if switch == "environment" else None)
         assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic)
         assert proc_text(m.pid, "cmdline").split(b"\0")[0] == stub.encode()  # argv[0] as the caller gave it
-        runc_kill(m.cid)
+        runtime_kill(m)
         assert m.wait_exit_file(10) == 137
     finally:
         with open(mode_file, "w") as f:
@@ -287,7 +286,7 @@ def test_caller_in_a_systemd_service_gets_classic(testbed, stub, classic, tmp_pa
         expected = classic if mode == "server" else stub
         assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(expected)
         assert f"{os.path.basename(cg)}\n".encode() in proc_text(m.pid, "cgroup")
-        runc_kill(m.cid)
+        runtime_kill(m)
         assert m.wait_exit_file(10) == 137
         m.wait(10)
     finally:
@@ -336,7 +335,7 @@ def test_server_killed_containers_keep_logging(testbed, stub, classic, when):
     if when == "idle":
         kill_server(stub)
     for m in ms:
-        runc_kill(m.cid, "USR1")
+        runtime_kill(m, "USR1")
     if when == "flooding":
         kill_server(stub)
     for m in ms:
@@ -357,7 +356,7 @@ def test_server_killed_while_the_runtime_runs(testbed, stub, classic, tmp_path):
     pid file, sends the pid and monitors the container to its end."""
     marker = tmp_path / "runtime-started"
     slow = tmp_path / "slow-runtime"
-    slow.write_text(f'#!/bin/sh\ntouch {marker}\nsleep 1\nexec {RUNC} "$@"\n')
+    slow.write_text(f'#!/bin/sh\ntouch {marker}\nsleep 1\nexec {testbed.runtime} "$@"\n')
     slow.chmod(0o755)
     testbed.run(stub, ["true"])  # a server to kill
     m = testbed.run(stub, ["sh", "-c", "echo created-while-the-server-died"], start=False, read_sync=False,
@@ -384,7 +383,7 @@ def test_parallel_creates_share_one_server(testbed, stub):
     assert served == {os.path.realpath(stub)}  # all in server mode (none fell back to classic)
     assert len(servers_of(stub)) == 1
     for m in ms:
-        runc_kill(m.cid)
+        runtime_kill(m)
     for i, m in enumerate(ms):
         assert m.wait_exit_file(60) == 137
         assert [r.content for r in m.log_records()] == [f"container-{i}".encode()]
@@ -419,7 +418,7 @@ def test_upgrade_while_monitors_run(testbed, tmp_path_factory):
     assert old_server in servers and len(servers) == 2
     assert os.readlink(f"/proc/{m_new.pid}/exe") == os.path.realpath(old)
     for m in (m_old, m_new):
-        runc_kill(m.cid)
+        runtime_kill(m)
         assert m.wait_exit_file(10) == 137
         assert sorted(r.content for r in m.log_records()) == [b"err", b"out"]
 
@@ -444,5 +443,5 @@ def test_a_stub_has_less_private_memory_than_c_conmon(testbed, stub):
     dirty = {name: private_dirty_kb(m.pid) for name, m in ms.items()}
     assert dirty["stub"] <= 512 and dirty["stub"] < dirty["conmon"], dirty
     for m in ms.values():
-        runc_kill(m.cid)
+        runtime_kill(m)
         assert m.wait_exit_file(10) == 137

@@ -9,10 +9,11 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 
 import pytest
 
-from support import MONITORS
+from support import MONITORS, REPO, RUNTIMES
 from support.bundle import make_bundle, make_process_spec, read_spec
 from support.harness import (
     K8sRecord,
@@ -26,6 +27,7 @@ from support.harness import (
     wait_exit_file,
     wait_pid_gone,
 )
+from support.runtimes import v2_controllers
 
 STYLES = ["podman", "crio"]
 SYNC_KEY = {"podman": "data", "crio": "pid"}
@@ -236,9 +238,9 @@ def test_preserved_fd_reaches_container(testbed, monitor_bin):
 def test_teardown_deletes_container(testbed, monitor_bin, style):
     m = testbed.run(monitor_bin, ["sleep", "60"], style=style)
     assert m.container_pid, m.describe()
-    assert container_state(m.cid, m.runtime_root)["status"] == "running"
+    assert m.state()["status"] == "running"
     testbed.tracker.cleanup()
-    assert container_state(m.cid, m.runtime_root) is None
+    assert m.state() is None
     assert not pid_alive(m.pid)
     assert wait_exit_file(m.exit_file, 1) == 137
 
@@ -359,3 +361,47 @@ def test_podman_fallback_is_detected(podman, tmp_path):
     assert r.stdout.strip() not in ("", str(fake)), r.stdout  # ... another monitor
     with pytest.raises(RuntimeError, match="does not use"):
         podman("ps", conmon=str(fake))
+
+
+# --------------------------------------------------------------------------
+# the OCI runtimes (README "Tests": runc and crun)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_container_runs_under_the_selected_runtime(testbed, monitor_bin, style):
+    """The monitor is given ``-r <runtime>``, and that runtime (not the other) knows the container."""
+    m = testbed.run(monitor_bin, ["sleep", "60"], style=style)
+    assert m.container_pid, m.describe()
+    assert m.argv[m.argv.index("-r") + 1] == m.runtime == testbed.runtime
+    assert m.state()["status"] == "running"
+    (other,) = (path for path in RUNTIMES.values() if path != testbed.runtime)
+    assert container_state(m.cid, m.runtime_root, runtime=other) is None
+    m.runtime_cmd("kill", m.cid, "KILL", check=True)
+    assert m.wait_exit_file() == 137
+
+
+def test_crun_cgroup_setup_leaves_v2_without_controllers(crun_cgroups):
+    """After the set-up crun needs (tests/support/runtimes.py; .ci/run does the same), the v2
+    hierarchy of this hybrid host holds no controller."""
+    assert v2_controllers() == []
+
+
+def test_e2e_tests_are_collected_for_both_runtimes():
+    """Without PYCONMON_TEST_RUNTIMES a testbed test gets a [runc] and a [crun] id (per monitor);
+    a ``one_runtime`` test gets runc alone; a Podman test through ``podman_clean`` gets both."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYCONMON_TEST_RUNTIMES", "PYCONMON_TEST_MONITORS")}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
+                        "tests/e2e/test_core_runc.py::test_pidfiles", "tests/e2e/test_core_runc.py::test_runtime_fails",
+                        "tests/e2e/test_podman.py::test_run_foreground_streams_apart"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=REPO, check=False)
+    ids = sorted(x for x in r.stdout.splitlines() if "::" in x)
+    assert ids == sorted([
+        "tests/e2e/test_core_runc.py::test_pidfiles[conmon-runc]",
+        "tests/e2e/test_core_runc.py::test_pidfiles[conmon-crun]",
+        "tests/e2e/test_core_runc.py::test_pidfiles[pyconmon-runc]",
+        "tests/e2e/test_core_runc.py::test_pidfiles[pyconmon-crun]",
+        "tests/e2e/test_core_runc.py::test_runtime_fails[conmon-runc]",
+        "tests/e2e/test_core_runc.py::test_runtime_fails[pyconmon-runc]",
+        *(f"tests/e2e/test_podman.py::test_run_foreground_streams_apart[{mon}-{rt}]"
+          for rt in ("runc", "crun") for mon in ("conmon", "installed", "checkout")),
+    ]), r.stdout + r.stderr

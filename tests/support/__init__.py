@@ -26,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 C_CONMON = "/usr/bin/conmon"
 LAUNCHER = os.path.join(REPO, "bin", "pyconmon")
 RUNC = next((p for p in ("/usr/bin/runc", "/usr/sbin/runc") if os.path.exists(p)), "runc")
+CRUN = next((p for p in ("/usr/bin/crun", "/usr/sbin/crun") if os.path.exists(p)), "crun")
 BUSYBOX = "/bin/busybox"
 
 # name -> path of every monitor the end-to-end tests compare.
@@ -35,3 +36,7 @@ MONITORS = {"conmon": C_CONMON, "pyconmon": LAUNCHER}
 def is_c(monitor):
     """Whether ``monitor`` is Debian's C conmon (any other is a pyconmon: checkout, installed, stub)."""
     return os.path.realpath(monitor) == os.path.realpath(C_CONMON)
+
+
+# name -> path of every OCI runtime the end-to-end tests run containers with (conmon's README names both).
+RUNTIMES = {"runc": RUNC, "crun": CRUN}

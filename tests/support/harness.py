@@ -48,6 +48,11 @@ STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TIMEOUT = 10.0
 CRIO_RUNTIME_ROOT = "/run/runc"
 
+
+def crio_runtime_root(runtime=RUNC):
+    """The ``--root`` CRI-O gives a runtime: /run/runc for runc, /run/crun for crun."""
+    return f"/run/{os.path.basename(runtime)}"
+
 _spawn_lock = threading.Lock()
 
 
@@ -87,35 +92,41 @@ def poll_until(cond, timeout=DEFAULT_TIMEOUT, interval=0.01, what="condition"):
 
 
 # --------------------------------------------------------------------------
-# runc helpers
+# OCI runtime helpers (runc or crun: ``runtime`` is the binary's path)
 
 
-def _runc(args, root=None, timeout=30, check=False):
-    argv = [RUNC] + (["--root", root] if root else []) + list(args)
+def run_runtime(args, root=None, timeout=30, check=False, runtime=RUNC):
+    """``RUNTIME [--root ROOT] ARGS``; returns the CompletedProcess (text)."""
+    argv = [runtime] + (["--root", root] if root else []) + list(args)
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
 
 
-def start_container(cid, root=None, timeout=30):
+def start_container(cid, root=None, timeout=30, runtime=RUNC):
     """``runc start CID`` (what Podman/CRI-O do after the pid message); returns CompletedProcess, raises on failure."""
-    return _runc(["start", cid], root=root, timeout=timeout, check=True)
+    return run_runtime(["start", cid], root=root, timeout=timeout, check=True, runtime=runtime)
 
 
-def container_state(cid, root=None):
-    """``runc state CID`` as a dict, or None if runc doesn't know the container."""
-    r = _runc(["state", cid], root=root)
+def container_state(cid, root=None, runtime=RUNC):
+    """``runc state CID`` as a dict, or None if the runtime doesn't know the container."""
+    r = run_runtime(["state", cid], root=root, runtime=runtime)
     if r.returncode != 0:
         return None
     return json.loads(r.stdout)
 
 
-def runc_kill(cid, sig="KILL", root=None, check=False):
-    """``runc kill CID SIG``; with ``check`` a failure raises."""
-    return _runc(["kill", cid, sig], root=root, check=check)
+def runc_kill(cid, sig="KILL", root=None, check=False, runtime=RUNC):
+    """``runc kill CID SIG`` (or ``runtime``'s); with ``check`` a failure raises."""
+    return run_runtime(["kill", cid, sig], root=root, check=check, runtime=runtime)
 
 
-def cleanup(cid, root=None):
-    """``runc delete -f CID``; a container that is already gone is fine. Returns True if runc succeeded."""
-    r = _runc(["delete", "-f", cid], root=root)
+def runtime_kill(m, sig="KILL", check=False):
+    """``runc kill`` / ``crun kill`` of a Monitor's container, with its runtime and root."""
+    return m.runtime_cmd("kill", m.cid, sig, check=check)
+
+
+def cleanup(cid, root=None, runtime=RUNC):
+    """``runc delete -f CID``; a container that is already gone is fine. Returns True if the runtime succeeded."""
+    r = run_runtime(["delete", "-f", cid], root=root, runtime=runtime)
     return r.returncode == 0
 
 
@@ -536,7 +547,7 @@ class Monitor:
     anything else holding its stdio wrote, as bytes).
     """
 
-    def __init__(self, conmon, argv, env, cwd, *, style, cid, runtime_root=None, sync_kind,
+    def __init__(self, conmon, argv, env, cwd, *, style, cid, runtime=RUNC, runtime_root=None, sync_kind,
                  start_kind, attach_kind=None, preserve_fds=(), extra_fds=(), setpgroup=True,
                  stdin=None, stdout=None, stderr=None, bundle=None, tracker=None, **paths):
         self.conmon = conmon
@@ -545,6 +556,7 @@ class Monitor:
         self.cwd = cwd
         self.style = style
         self.cid = cid
+        self.runtime = runtime
         self.runtime_root = runtime_root
         self.bundle = bundle
         self.cuuid = paths.pop("cuuid", None)
@@ -701,7 +713,15 @@ class Monitor:
 
     def start_container(self, timeout=30):
         """``runc start`` the container (Podman/CRI-O do this themselves after the pid)."""
-        return start_container(self.cid, root=self.runtime_root, timeout=timeout)
+        return start_container(self.cid, root=self.runtime_root, timeout=timeout, runtime=self.runtime)
+
+    def runtime_cmd(self, *args, timeout=30, check=False):
+        """Run the container's runtime (with its root) on ``args``, e.g. ``m.runtime_cmd("kill", m.cid, "KILL")``."""
+        return run_runtime(args, root=self.runtime_root, timeout=timeout, check=check, runtime=self.runtime)
+
+    def state(self):
+        """The runtime's ``state`` of this container as a dict, None once it is unknown."""
+        return container_state(self.cid, root=self.runtime_root, runtime=self.runtime)
 
     def wait_exit_file(self, timeout=DEFAULT_TIMEOUT):
         """Exit code from ``<exit-dir>/<cid>``, polled with a deadline."""
@@ -789,7 +809,7 @@ class Monitor:
             except OSError:
                 pass
         if delete and self.cid and self.style in ("podman", "crio"):
-            cleanup(self.cid, root=self.runtime_root)
+            cleanup(self.cid, root=self.runtime_root, runtime=self.runtime)
         if kill:
             dl = Deadline(grace)
             pids = [p for p in (self.pid, self.first_pid) if p]
@@ -860,10 +880,11 @@ def podman_create_args(*, cid, bundle, pidfile, name, exit_dir, log_driver, conm
 
 
 def crio_create_args(*, cid, bundle, exit_dir, log_path, name, persist_dir, socket_dir,
-                     runtime=RUNC, runtime_root=CRIO_RUNTIME_ROOT, terminal=False, stdin=False,
+                     runtime=RUNC, runtime_root=None, terminal=False, stdin=False,
                      stdin_once=True, log_size_max=None, log_level="info", no_sync_log=False,
                      journald=False, extra=()):
     """CRI-O's argument list for CreateContainer (CRIO.md 2.1), in its order."""
+    runtime_root = runtime_root or crio_runtime_root(runtime)
     a = ["-b", bundle, "-c", cid, "--exit-dir", exit_dir, "-l", log_path, "--log-level", log_level,
          "-n", name, "-P", os.path.join(bundle, "conmon-pidfile"), "-p", os.path.join(bundle, "pidfile"),
          "--persist-dir", persist_dir, "-r", runtime, "--runtime-arg", f"--root={runtime_root}",
@@ -892,7 +913,7 @@ def _mk(path):
     return path
 
 
-def run_monitor(conmon, args=None, *, workdir, style="podman", bundle=None, cid=None, name=None,
+def run_monitor(conmon, args=None, *, workdir, style="podman", runtime=RUNC, bundle=None, cid=None, name=None,
                 terminal=False, stdin=False, stdin_once=True, log_driver=None, log_path=None,
                 log_size_max=None, timeout=None, exit_command=None, runtime_root=None,
                 argv=None, extra_args=(), env=None, env_extra=None, preserve_fds=(), extra_fds=(),
@@ -927,7 +948,8 @@ def run_monitor(conmon, args=None, *, workdir, style="podman", bundle=None, cid=
     bundle = os.path.abspath(str(bundle))
     own_dirs = []
     if tracker is not None:
-        tracker.add_container(cid, runtime_root or (CRIO_RUNTIME_ROOT if style == "crio" else None))
+        tracker.add_container(cid, runtime_root or (crio_runtime_root(runtime) if style == "crio" else None),
+                              runtime)
     if style == "podman":
         userdata = _mk(os.path.join(workdir, "userdata"))
         exit_dir = _mk(os.path.join(workdir, "exits"))
@@ -945,12 +967,12 @@ def run_monitor(conmon, args=None, *, workdir, style="podman", bundle=None, cid=
                 cid=cid, bundle=bundle, pidfile=paths["pidfile"], name=name, exit_dir=exit_dir,
                 log_driver=log_driver, conmon_pidfile=paths["conmon_pidfile"], oci_log=paths["oci_log"],
                 terminal=terminal, stdin=stdin, timeout=timeout, log_size_max=log_size_max,
-                exit_command=exit_command, runtime_root=runtime_root)
+                exit_command=exit_command, runtime_root=runtime_root, runtime=runtime)
         base_env = podman_env()
         cwd = workdir
         kinds = {"sync_kind": "seqpacket", "start_kind": "seqpacket"}
     else:
-        runtime_root = runtime_root or CRIO_RUNTIME_ROOT
+        runtime_root = runtime_root or crio_runtime_root(runtime)
         exit_dir = _mk(os.path.join(workdir, "exits"))
         persist_dir = _mk(os.path.join(workdir, "persist"))
         socket_dir = short_tmpdir("pcm-s-")
@@ -964,7 +986,7 @@ def run_monitor(conmon, args=None, *, workdir, style="podman", bundle=None, cid=
         if argv is None:
             argv = crio_create_args(
                 cid=cid, bundle=bundle, exit_dir=exit_dir, log_path=log_driver or log_path, name=name,
-                persist_dir=persist_dir, socket_dir=socket_dir, runtime_root=runtime_root,
+                persist_dir=persist_dir, socket_dir=socket_dir, runtime=runtime, runtime_root=runtime_root,
                 terminal=terminal, stdin=stdin, stdin_once=stdin_once, log_size_max=log_size_max)
         base_env = crio_env()
         cwd = bundle
@@ -974,7 +996,7 @@ def run_monitor(conmon, args=None, *, workdir, style="podman", bundle=None, cid=
     if env_extra:
         base_env.update(env_extra)
     m = Monitor(conmon, list(argv) + list(extra_args), base_env, cwd, style=style, cid=cid,
-                runtime_root=runtime_root, bundle=bundle, preserve_fds=preserve_fds,
+                runtime=runtime, runtime_root=runtime_root, bundle=bundle, preserve_fds=preserve_fds,
                 extra_fds=extra_fds, stdin=first_stdin, stdout=first_stdout, stderr=first_stderr,
                 tracker=tracker, **kinds, **paths)
     m._own_dirs += own_dirs
@@ -1043,7 +1065,7 @@ def run_exec(conmon, container, args, *, style="podman", workdir=None, terminal=
                  "exec_spec": spec, "oci_log": os.path.join(ebundle, "oci-log"),
                  "attach_path": os.path.join(ebundle, "attach"), "workdir": workdir}
         if argv is None:
-            argv = ["--api-version", "1", "-c", cid, "-u", session, "-r", RUNC, "-b", ebundle,
+            argv = ["--api-version", "1", "-c", cid, "-u", session, "-r", container.runtime, "-b", ebundle,
                     "-p", paths["pidfile"], "-n", container.argv[container.argv.index("-n") + 1]
                     if "-n" in container.argv else f"test-{cid[:8]}",
                     "--exit-dir", exit_dir, "--full-attach", "-l", "none", "--log-level", "warning"]
@@ -1076,11 +1098,11 @@ def run_exec(conmon, container, args, *, style="podman", workdir=None, terminal=
         open(log_path, "w").close()
         spec = make_process_spec(os.path.join(tmp, "exec-process"), container.bundle, args,
                                  terminal=terminal)
-        root = container.runtime_root or CRIO_RUNTIME_ROOT
+        root = container.runtime_root or crio_runtime_root(container.runtime)
         paths = {"pidfile": pidfile, "log_path": log_path, "socket_dir": socket_dir, "exec_spec": spec,
                  "workdir": workdir}
         if argv is None:
-            argv = ["-c", cid, "-n", f"test-{cid[:8]}", "-r", RUNC, "-p", pidfile, "-e", "-l", log_path,
+            argv = ["-c", cid, "-n", f"test-{cid[:8]}", "-r", container.runtime, "-p", pidfile, "-e", "-l", log_path,
                     "--socket-dir-path", socket_dir, "--log-level", "info", "--sync",
                     "--log-global-size-max", "16777216"]
             if terminal:
@@ -1100,9 +1122,9 @@ def run_exec(conmon, container, args, *, style="podman", workdir=None, terminal=
     if env_extra:
         base_env.update(env_extra)
     m = Monitor(conmon, list(argv) + list(extra_args), base_env, cwd, style=style + "-exec", cid=cid,
-                runtime_root=container.runtime_root, bundle=bundle, preserve_fds=preserve_fds,
-                setpgroup=setpgroup, stdin=first_stdin, stdout=first_stdout, stderr=first_stderr,
-                tracker=tracker, **kinds, **paths)
+                runtime=container.runtime, runtime_root=container.runtime_root, bundle=bundle,
+                preserve_fds=preserve_fds, setpgroup=setpgroup, stdin=first_stdin, stdout=first_stdout,
+                stderr=first_stderr, tracker=tracker, **kinds, **paths)
     if style == "crio":
         m._own_dirs += own
     m.sync_msg = None
@@ -1134,12 +1156,12 @@ class Tracker:
     """Collects what tests create (container ids, monitors, dirs) and removes it all at teardown."""
 
     def __init__(self):
-        self.containers = []  # (cid, runtime root)
+        self.containers = []  # (cid, runtime root, runtime)
         self.monitors = []
         self.dirs = []
 
-    def add_container(self, cid, root=None):
-        self.containers.append((cid, root))
+    def add_container(self, cid, root=None, runtime=RUNC):
+        self.containers.append((cid, root, runtime))
         return cid
 
     def add_monitor(self, m):
@@ -1153,15 +1175,15 @@ class Tracker:
     def cleanup(self):
         """Delete every container by id, then close every monitor; returns a list of problems (empty if none)."""
         errors = []
-        failed = [(cid, root) for cid, root in self.containers if not cleanup(cid, root=root)]
+        failed = [c for c in self.containers if not cleanup(c[0], root=c[1], runtime=c[2])]
         for m in reversed(self.monitors):
             try:
                 m.close(delete=False)
             except Exception as e:  # noqa: BLE001 - teardown must go on
                 errors.append(f"closing monitor {m.argv[:1]} {m.cid}: {e!r}")
-        for cid, root in failed:
-            if container_state(cid, root) is not None and not cleanup(cid, root=root):
-                errors.append(f"runc delete -f {cid} failed")
+        for cid, root, runtime in failed:
+            if container_state(cid, root, runtime) is not None and not cleanup(cid, root=root, runtime=runtime):
+                errors.append(f"{runtime} delete -f {cid} failed")
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
         self.containers, self.monitors, self.dirs = [], [], []

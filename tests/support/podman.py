@@ -29,6 +29,7 @@ pid 1, hard RLIMIT_NOFILE 20000):
   ``conmon_path = [path]``, and ``podman(..., conmon=path)`` uses both.
 """
 
+import copy
 import hashlib
 import os
 import shutil
@@ -99,6 +100,7 @@ class Podman:
         self._verified = set()
         self.verify_monitor = True  # check `podman info` once per monitor path before using it
         self.image = IMAGE
+        self.runtime = "runc"  # --runtime of every command; the exit command's cleanup gets it from Podman
 
     # -- set-up -------------------------------------------------------------
 
@@ -133,6 +135,14 @@ class Podman:
             self._confs[conmon] = path
         return self._confs[conmon]
 
+    def with_runtime(self, runtime):
+        """The same Podman (store, configs, verified monitors) passing ``--runtime`` ``runtime``
+        (a name or path: runc, crun). Podman remembers each container's runtime, so later
+        commands on a container use it whatever ``--runtime`` says."""
+        view = copy.copy(self)
+        view.runtime = os.path.basename(runtime)
+        return view
+
     # -- running ------------------------------------------------------------
 
     def env(self, conmon=None, extra=None):
@@ -151,7 +161,7 @@ class Podman:
         if conmon is ...:
             conmon = self.default_conmon
         a = [PODMAN, "--root", self.root, "--runroot", self.runroot, "--storage-driver", "vfs",
-             "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+             "--runtime", self.runtime, "--cgroup-manager", "cgroupfs", "--events-backend", "file",
              "--tmpdir", self.tmpdir]
         if conmon:
             a += ["--conmon", conmon]

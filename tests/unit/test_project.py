@@ -42,3 +42,15 @@ def test_console_script_is_declared_and_callable() -> None:
     assert not project.get("dependencies"), project.get("dependencies")  # nothing to install at run time
     module, _, func = project["scripts"]["pyconmon"].partition(":")
     assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_ci_installs_both_runtimes_and_readies_crun() -> None:
+    """README "Tests": `.ci/run` installs runc and crun, and mounts hugetlb as v1 when the
+    cgroup v2 hierarchy holds controllers (crun refuses every container otherwise)."""
+    script = (ROOT / ".ci" / "run").read_text()
+    install = script[script.index("apt-get install"):]
+    packages = install[:install.index("</dev/null")].split()
+    assert {"runc", "crun"} <= set(packages), packages
+    assert 'if [ -n "$(cat /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null)" ]; then' in script
+    assert "mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb" in script
+    assert script.index("hugetlb") < script.index("make test")
