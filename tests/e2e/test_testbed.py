@@ -27,7 +27,7 @@ from support.harness import (
     wait_exit_file,
     wait_pid_gone,
 )
-from support.runtimes import v2_controllers
+from support.runtimes import require_runtime, v2_controllers
 
 STYLES = ["podman", "crio"]
 SYNC_KEY = {"podman": "data", "crio": "pid"}
@@ -388,11 +388,13 @@ def test_crun_cgroup_setup_leaves_v2_without_controllers(crun_cgroups):
 
 def test_e2e_tests_are_collected_for_both_runtimes():
     """Without PYCONMON_TEST_RUNTIMES a testbed test gets a [runc] and a [crun] id (per monitor);
-    a ``one_runtime`` test gets runc alone; a Podman test through ``podman_clean`` gets both."""
+    a ``one_runtime`` test gets runc alone; a Podman test through ``podman_clean`` gets both, and so
+    does a Podman exec test (one container per runtime)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYCONMON_TEST_RUNTIMES", "PYCONMON_TEST_MONITORS")}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
                         "tests/e2e/test_core_runc.py::test_pidfiles", "tests/e2e/test_core_runc.py::test_runtime_fails",
-                        "tests/e2e/test_podman.py::test_run_foreground_streams_apart"],
+                        "tests/e2e/test_podman.py::test_run_foreground_streams_apart",
+                        "tests/e2e/test_podman_tty.py::test_exec_streams_apart_and_exit_codes"],
                        capture_output=True, text=True, timeout=120, env=env, cwd=REPO, check=False)
     ids = sorted(x for x in r.stdout.splitlines() if "::" in x)
     assert ids == sorted([
@@ -404,4 +406,12 @@ def test_e2e_tests_are_collected_for_both_runtimes():
         "tests/e2e/test_core_runc.py::test_runtime_fails[pyconmon-runc]",
         *(f"tests/e2e/test_podman.py::test_run_foreground_streams_apart[{mon}-{rt}]"
           for rt in ("runc", "crun") for mon in ("conmon", "installed", "checkout")),
+        *(f"tests/e2e/test_podman_tty.py::test_exec_streams_apart_and_exit_codes[{rt}-{mon}]"
+          for rt in ("runc", "crun") for mon in ("conmon", "installed")),
     ]), r.stdout + r.stderr
+
+
+def test_a_missing_runtime_fails_it_is_not_skipped(monkeypatch):
+    monkeypatch.setitem(RUNTIMES, "crun", "/nonexistent/crun")
+    with pytest.raises(RuntimeError, match=r"crun is not installed \(/nonexistent/crun\); .ci/run installs it"):
+        require_runtime("crun")

@@ -46,7 +46,7 @@ from .bundle import make_bundle, make_process_spec
 
 STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TIMEOUT = 10.0
-CRIO_RUNTIME_ROOT = "/run/runc"
+CRIO_RUNTIME_ROOT = "/run/runc"  # runc's; crio_runtime_root() below for any runtime
 
 
 def crio_runtime_root(runtime=RUNC):
