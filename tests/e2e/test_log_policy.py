@@ -10,6 +10,7 @@ what is missing; with ``block`` every line is there and the container took
 as long as the limit says.
 """
 
+import os
 import re
 import time
 
@@ -242,3 +243,39 @@ def test_block_with_a_terminal(testbed, policy_conmon):
     size = len(text)
     # a pty buffers little (a few KiB), so nearly all of it waits for the limit
     assert 0.8 * (size - 128 * 1024) / (512 * 1024) <= took <= size / (512 * 1024) + 3, (took, size)
+
+
+# --------------------------------------------------------------------------
+# where the limit does not apply
+
+
+def test_exec_sessions_get_no_limit_and_write_no_metrics(testbed, policy_conmon, config_file, tmp_path):
+    """README: "The limit applies to containers, not to exec sessions"; metrics: "Exec sessions write
+    none". An ExecSync (CRI-O's way, output to a log) under a file that limits every container to
+    64 KiB/s: all of its 2 MB is logged, no marker; the container's metrics file (written once: the
+    interval is an hour) is the same file before and after, the only one in the directory."""
+    mdir = tmp_path / "metrics"
+    config_file(f'[log]\nrate = "64k"\npolicy = "drop"\n[metrics]\ndir = "{mdir}"\ninterval = 3600\n')
+    m = testbed.run(policy_conmon, ["sleep", "300"], style="crio", start=True)
+    prom = mdir / f"{m.cid}.prom"
+    before = prom.stat()
+    e = testbed.exec(policy_conmon, m, ["sh", "-c", f"yes {LINE} | head -c 2000000"], style="crio")
+    assert e.sync_msg == {"exit_code": 0}, e.describe()
+    records = read_k8s_log(e.log_path)
+    assert stream_text(records) == (LINE + "\n").encode() * 20_000
+    assert not [r for r in records if r.stream == "stderr"]  # no marker
+    after = prom.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert os.listdir(mdir) == [prom.name]
+
+
+def test_passthrough_refuses_a_limit_annotation(testbed, policy_conmon):
+    """README: "with the passthrough driver the output never passes through the monitor, so a limit
+    annotation is refused there" (and the same container without the annotation runs)."""
+    edit = annotate({"io.pyconmon.log.rate": "1M"})
+    m = testbed.run(policy_conmon, ["true"], log_driver="passthrough", start=False, bundle_kw={"edit": edit})
+    assert m.sync_msg["data"] == -1, m.describe()
+    assert "cannot limit the passthrough log driver" in m.sync_msg["message"], m.sync_msg
+    assert m.container_pid is None
+    ok = testbed.run(policy_conmon, ["true"], log_driver="passthrough", start=True)
+    assert ok.wait_exit_file(30) == 0, ok.describe()
