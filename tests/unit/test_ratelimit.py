@@ -143,3 +143,17 @@ def test_lines_stay_whole_whatever_the_chunking():
         originals = iter(lines)
         for line in got:  # a subsequence of the original lines, each whole
             assert any(line + b"\n" == x for x in originals), line[:20]
+
+
+def test_a_begun_line_is_finished_up_to_64_kib_over_the_limit():
+    """README: "a line whose start was logged is finished, up to 64 KiB over the limit"."""
+    for over, finished in ((64 << 10, True), ((64 << 10) + 1, False)):
+        limiter, _clock, _loop, kept, _markers = make_drop(rate=1000, burst=1000)
+        limiter(2, b"a" * 600)  # logged, no line end yet: 400 tokens left
+        limiter(2, b"b" * (400 + over - 1) + b"\n")  # the line's end, `over` bytes past the tokens
+        if finished:
+            assert b"".join(d for _, d in kept) == b"a" * 600 + b"b" * (400 + over - 1) + b"\n"
+            assert limiter.dropped == 0
+        else:
+            assert kept == [(2, b"a" * 600)]
+            assert limiter.dropped == 400 + over

@@ -166,3 +166,21 @@ def test_each_mentioned_option_is_implemented_or_refused(opt: str) -> None:
     src = Path(options.__file__).parent
     users = [p.name for p in src.glob("*.py") if p.name != "options.py" and re.search(rf"\.{attr}\b", p.read_text())]
     assert users, f"{opt} is parsed into Options.{attr} but nothing reads it"
+
+
+def test_the_drop_marker_is_as_documented() -> None:
+    from pyconmon.config import LogLimit
+    from pyconmon.ratelimit import marker_text
+    documented = re.search(r"`(\[pyconmon\] dropped N bytes[^`]+)`", README.replace("\n", " "))
+    assert documented, "the README's marker text moved"
+    text = documented.group(1).replace("N", "123").replace(" R ", " 1048576 ").replace(" B ", " 2097152 ")
+    assert marker_text(123, LogLimit(1 << 20, 2 << 20, "drop")) == text.encode() + b"\n"
+
+
+def test_constants_the_policy_text_names() -> None:
+    """"Once per second in which something was dropped"; "the 1 MiB pipe" (block, slow disk)."""
+    from pyconmon import ratelimit, stdio
+    assert "Once per second in which something was dropped" in README.replace("\n", " ")
+    assert ratelimit.MARKER_INTERVAL == 1.0
+    assert README.count("1 MiB pipe") >= 2
+    assert stdio.PIPE_SIZE == 1 << 20
