@@ -196,8 +196,9 @@ def test_exec_sync_timeout(crio_pods, handler):
     r = crio.exec_sync(cid, "sh", "-c", "echo before; sleep 30", timeout=2)
     elapsed = time.monotonic() - start
     assert r == (-1, b"", "command timed out")
-    # C conmon's timer fires up to 1 s early (README's comparison table, `--timeout`); pyconmon's on time.
-    assert (2 if handler == "pyconmon" else 1) <= elapsed < 20, elapsed
+    # C conmon's whole-second GLib timer can fire early (README's comparison table, `--timeout`:
+    # up to 0.1 s here; 1.93 s seen through CRI-O); pyconmon's fires on time.
+    assert (2 if handler == "pyconmon" else 1.5) <= elapsed < 20, elapsed
     # The probe's processes are gone: only the container's own sleep is left.
     r = crio.exec_sync(cid, "sh", "-c", "ps -o args | grep -c '[s]leep 30'; true")
     assert r == (0, b"0\n\n\n", ""), r
