@@ -445,3 +445,58 @@ def test_a_stub_has_less_private_memory_than_c_conmon(testbed, stub):
     for m in ms.values():
         runtime_kill(m)
         assert m.wait_exit_file(10) == 137
+
+
+# --------------------------------------------------------------------------
+# README sentences of the server-mode section that no test above asserts
+
+
+@pytest.mark.parametrize("sig", ["INT", "QUIT"])
+def test_sigint_and_sigquit_are_forwarded_too(testbed, stub, sig):
+    """README: the stub "forwards SIGTERM/SIGINT/SIGQUIT" (SIGTERM: the test above)."""
+    m = testbed.run(stub, ["sh", "-c", f'trap "echo got-{sig}; exit 7" {sig}; echo ready; '
+                                       'while :; do sleep 0.1; done'])
+    poll_until(lambda: [r.content for r in m.log_records()] == [b"ready"], what="ready")
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+    os.kill(m.pid, getattr(signal, f"SIG{sig}"))
+    assert m.wait_exit_file(10) == 7
+    assert [r.content for r in m.log_records()] == [b"ready", f"got-{sig}".encode()]
+    m.wait(10)
+
+
+def test_the_server_socket_is_in_a_0700_directory_of_its_uid(testbed, stub):
+    """README: "over a unix socket in a 0700 directory of its uid (`/run/pyconmon/` for root)"."""
+    m = testbed.run(stub, LONG)
+    (server,) = servers_of(stub)
+    path = server_socket(server)
+    st = os.stat(os.path.dirname(path))
+    assert (st.st_mode & 0o777, st.st_uid) == (0o700, os.getuid())
+    if os.getuid() == 0:
+        assert os.path.dirname(path) == "/run/pyconmon"
+    runtime_kill(m)
+    assert m.wait_exit_file(10) == 137
+
+
+def test_a_tty_container_is_not_adopted(testbed, stub, classic):
+    """README: "`-t` containers are not adopted: they are left without a monitor, as when C conmon is
+    killed". The server dies: no classic monitor takes the container over (the stub only waits for
+    it, reading nothing), the container runs on, and when it ends nobody writes an exit file."""
+    m = testbed.run(stub, ["sleep", "600"], terminal=True)
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+    kill_server(stub)
+    assert stat_state(m.container_pid) not in ("Z", "gone")
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)  # not the classic monitor
+    runtime_kill(m)
+    wait_gone(m.pid)  # the stub ends with its container
+    assert not os.path.exists(m.exit_file)
+
+
+def test_every_install_has_both_programs(stub, installed_conmon):
+    """README: "Every install puts both programs under `$(PREFIX)/lib/pyconmon/` (`classic/conmon`,
+    `stub/conmon`); `ENTRY=stub` makes the stub the `conmon` entry"."""
+    for entry, kind in ((installed_conmon, "classic"), (stub, "stub")):
+        lib = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(entry))), "lib", "pyconmon")
+        programs = {name: open(os.path.join(lib, name, "conmon"), "rb").read() for name in ("classic", "stub")}
+        assert programs["classic"] != programs["stub"]
+        with open(entry, "rb") as f:
+            assert f.read() == programs[kind], (entry, kind)
