@@ -10,9 +10,11 @@
   configuration file (``<prefix>/etc/pyconmon/pyconmon.toml``, removed after each test).
 - ``journal``: a real systemd-journald (tests/support/journald_service.py),
   skipped where there is none.
+- ``small_tmpfs``: a 1 MiB tmpfs for a log that fills its disk.
 """
 
 import os
+import subprocess
 
 import pytest
 
@@ -84,3 +86,17 @@ def config_file(policy_conmon):
     yield write
     if os.path.exists(path):
         os.unlink(path)
+
+
+@pytest.fixture
+def small_tmpfs(testbed):
+    """A 1 MiB tmpfs on a fresh directory; unmounted at teardown."""
+    d = os.path.join(testbed.workdir("full"), "logs")
+    os.mkdir(d)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", d], check=True, timeout=30)
+    try:
+        yield d
+    finally:
+        r = subprocess.run(["umount", d], capture_output=True, timeout=30)
+        if r.returncode != 0:  # still busy: don't leave it behind
+            subprocess.run(["umount", "-l", d], capture_output=True, timeout=30)

@@ -89,6 +89,60 @@ def test_updated_while_running_with_rotations(testbed, policy_conmon, config_fil
     poll_until(lambda: not prom.exists(), what="the metrics file to be removed")
 
 
+def held_exit(tmp_path):
+    """An exit command that waits for ``hold`` to exist: the monitor, and its final metrics file, stay."""
+    hold = tmp_path / "hold"
+    return hold, ["/bin/sh", "-c", f"while [ ! -e {hold} ]; do sleep 0.05; done"]
+
+
+def test_full_disk_is_counted_as_write_errors_and_lost_record_bytes(testbed, policy_conmon, config_file,
+                                                                  tmp_path, small_tmpfs):
+    """README's metric table: ``pyconmon_log_write_errors_total`` (failed writes to k8s-file logs) and
+    ``pyconmon_dropped_bytes_total{cause="log_write"}`` (bytes of records lost to failed writes, e.g. a
+    full disk). 3 MB of lines into a log on a 1 MiB tmpfs: the records on disk plus the lost ones are
+    all the records (each a 100-byte line plus its timestamp and tags), roughly."""
+    mdir = tmp_path / "metrics"
+    config(config_file, mdir)
+    hold, exit_command = held_exit(tmp_path)
+    m = testbed.run(policy_conmon, ["sh", "-c", f"yes {LINE} | head -c 3000000"], start=False,
+                    log_path=os.path.join(small_tmpfs, "ctr.log"), exit_command=exit_command)
+    m.start_container()
+    assert m.wait_exit_file(30) == 0
+    got, _ = read_metrics(mdir / f"{m.cid}.prom")
+    on_disk = os.path.getsize(m.log_path)
+    records = m.log_records()
+    lost = got[("pyconmon_dropped_bytes_total", "log_write")]
+    assert got[("pyconmon_log_write_errors_total", None)] >= 1
+    assert got[("pyconmon_log_bytes_total", "stdout")] == 3_000_000  # handed to the driver, all of it
+    logged = len(stream_text(records, "stdout"))
+    assert logged < 1 << 20
+    # lost counts records, not bare output: the records on disk and the lost ones add up to
+    # 30,000 records of one line each (a few more where a read cut a line into two records)
+    with open(m.log_path, "rb") as f:  # a whole line's record: timestamp, "stdout F", the 99 bytes
+        record = next(len(x) for x in f if x.endswith(b" stdout F " + LINE.encode() + b"\n"))
+    assert 30_000 * record <= on_disk + lost < 30_000 * record * 1.01, (on_disk, lost, record)
+    assert got[("pyconmon_dropped_bytes_total", "global_size_max")] == 0
+    hold.write_text("")
+
+
+def test_global_size_limit_is_counted(testbed, policy_conmon, config_file, tmp_path):
+    """``pyconmon_dropped_bytes_total{cause="global_size_max"}``: output past --log-global-size-max,
+    exactly what the log lacks."""
+    mdir = tmp_path / "metrics"
+    config(config_file, mdir)
+    hold, exit_command = held_exit(tmp_path)
+    m = testbed.run(policy_conmon, ["sh", "-c", f"yes {LINE} | head -c 300000"], start=False,
+                    exit_command=exit_command, extra_args=["--log-global-size-max", "100000"])
+    m.start_container()
+    assert m.wait_exit_file(30) == 0
+    got, _ = read_metrics(mdir / f"{m.cid}.prom")
+    logged = len(stream_text(m.log_records(), "stdout"))
+    assert logged == 100_000
+    assert got[("pyconmon_dropped_bytes_total", "global_size_max")] == 300_000 - logged
+    assert got[("pyconmon_dropped_bytes_total", "log_write")] == got[("pyconmon_log_write_errors_total", None)] == 0
+    hold.write_text("")
+
+
 def test_podman_container_metrics(podman_clean, policy_conmon, config_file, tmp_path):
     mdir = tmp_path / "metrics"
     config(config_file, mdir)

@@ -228,20 +228,6 @@ def test_stuck_attach_client_stalls_nothing(testbed, monitor_bin):
 # a full disk
 
 
-@pytest.fixture
-def small_tmpfs(testbed):
-    """A 1 MiB tmpfs on a fresh directory; unmounted at teardown."""
-    d = os.path.join(testbed.workdir("full"), "logs")
-    os.mkdir(d)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", d], check=True, timeout=30)
-    try:
-        yield d
-    finally:
-        r = subprocess.run(["umount", d], capture_output=True, timeout=30)
-        if r.returncode != 0:  # still busy: don't leave it behind
-            subprocess.run(["umount", "-l", d], capture_output=True, timeout=30)
-
-
 def _with_ctl_dir(ctl):
     """Bundle edit: a tmpfs /run with the host directory ``ctl`` at /run/ctl (phase markers)."""
     def edit(spec):
