@@ -504,3 +504,39 @@ def test_every_install_has_both_programs(stub, installed_conmon):
         assert programs["classic"] != programs["stub"]
         with open(entry, "rb") as f:
             assert f.read() == programs[kind], (entry, kind)
+
+
+@pytest.mark.one_runtime
+def test_a_slow_fsync_at_one_exit_delays_the_other_containers(testbed, stub):
+    """README: "Sessions share one loop, so a slow fsync ... at one container's exit delays the
+    others". Two containers on one server, the server's fsync delayed 3 s (strace): while it syncs
+    the first container's log at its exit, the second's output is not read (its records, stamped
+    when read, show the gap although it writes every 0.1 s)."""
+    import shutil
+    import subprocess
+
+    from support.harness import parse_k8s_timestamp
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.fail("strace is not installed (see .ci/run)")
+    quiet = testbed.run(stub, ["sleep", "600"])
+    ticker = testbed.run(stub, ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; usleep 100000; done"])
+    (server,) = servers_of(stub)
+    tracer = subprocess.Popen([strace, "-f", "-qq", "-o", "/dev/null", "-p", str(server), "-e", "trace=fsync",
+                               "-e", "inject=fsync:delay_enter=3000000"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll_until(lambda: "TracerPid:\t0\n" not in proc_text(server, "status").decode(), what="strace to attach")
+        poll_until(lambda: len(ticker.log_records()) >= 5, what="the ticker to log")
+        runtime_kill(quiet)
+        assert quiet.wait_exit_file(15) == 137  # after the (slow) fsync of its log
+        count = len(ticker.log_records())
+        poll_until(lambda: len(ticker.log_records()) >= count + 5, what="the ticker to go on")
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    runtime_kill(ticker)
+    assert ticker.wait_exit_file(10) == 137
+    stamps = [parse_k8s_timestamp(r.timestamp) for r in ticker.log_records()]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
+    assert max(gaps) > 2.0, gaps
