@@ -184,3 +184,12 @@ def test_constants_the_policy_text_names() -> None:
     assert ratelimit.MARKER_INTERVAL == 1.0
     assert README.count("1 MiB pipe") >= 2
     assert stdio.PIPE_SIZE == 1 << 20
+
+
+def test_module_table_names_every_module() -> None:
+    """"One module per concern": the README's module table lists each module of the package once."""
+    rows = table_after("| module | owns |")
+    listed = [name for row in rows for name in re.findall(r"`([a-z0-9_]+\.py)`", row[0])]
+    assert len(listed) == len(set(listed))
+    package = Path(options.__file__).parent
+    assert sorted(listed) == sorted(p.name for p in package.glob("*.py") if not p.name.startswith("__"))
