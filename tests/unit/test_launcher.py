@@ -75,6 +75,27 @@ def test_version_answered_by_the_launcher_is_pythons(installed: Path) -> None:
     assert (bad.returncode, bad.stderr) == (1, b"conmon: option parsing failed: Unknown option --bogus\n")
 
 
+def test_version_probe_starts_no_python(installed: Path, tmp_path: Path) -> None:
+    """README: the launcher "answers Podman's `--version` probes without starting Python": no file of
+    the stdlib or of the package is opened (any other command line opens both)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.fail("strace is not installed (see .ci/run)")
+    conmon = str(installed / "bin" / "conmon")
+
+    def opened(*args: str) -> list[str]:
+        out = tmp_path / "trace"
+        subprocess.run([strace, "-f", "-qq", "-e", "trace=open,openat,stat,newfstatat", "-o", str(out), conmon,
+                        *args], check=False, env={}, capture_output=True, timeout=30)
+        return [line for line in out.read_text().splitlines() if "ENOENT" not in line]
+
+    def python_files(lines: list[str]) -> list[str]:
+        return [line for line in lines if "/encodings" in line or "/lib/pyconmon/pyconmon" in line]
+
+    assert python_files(opened("--version")) == []
+    assert python_files(opened("--version", "--api-version"))  # the control: Python answers this one
+
+
 def test_installed_layout(installed: Path) -> None:
     lib = installed / "lib" / "pyconmon" / "pyconmon"
     sources = sorted(p.name for p in (REPO / "src" / "pyconmon").glob("*.py"))
