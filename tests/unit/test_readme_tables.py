@@ -193,3 +193,13 @@ def test_module_table_names_every_module() -> None:
     assert len(listed) == len(set(listed))
     package = Path(options.__file__).parent
     assert sorted(listed) == sorted(p.name for p in package.glob("*.py") if not p.name.startswith("__"))
+
+
+def test_the_configuration_file_paths_in_order() -> None:
+    """"read from the first of these that exists: `$(SYSCONFDIR)/pyconmon/pyconmon.toml` ... (default
+    `$(PREFIX)/etc`, so `/usr/local/etc/pyconmon/pyconmon.toml` ...) and `/etc/containers/pyconmon.toml`"."""
+    text = README.replace("\n", " ")
+    assert "`$(SYSCONFDIR)/pyconmon/pyconmon.toml`" in text and "`/usr/local/etc/pyconmon/pyconmon.toml`" in text
+    assert config.SYSCONFDIR == "/usr/local/etc"  # in the checkout; `make install` rewrites it
+    assert config.config_files() == ("/usr/local/etc/pyconmon/pyconmon.toml", "/etc/containers/pyconmon.toml")
+    assert text.index("`$(SYSCONFDIR)/pyconmon/pyconmon.toml`") < text.index("`/etc/containers/pyconmon.toml`")
