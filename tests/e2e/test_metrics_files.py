@@ -7,6 +7,7 @@ metrics directory; runc containers through the harness and one through Podman.
 import os
 import re
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.harness import join_lines, poll_until, read_attach_in_thread, stream_text
@@ -140,6 +141,21 @@ def test_global_size_limit_is_counted(testbed, policy_conmon, config_file, tmp_p
     assert logged == 100_000
     assert got[("pyconmon_dropped_bytes_total", "global_size_max")] == 300_000 - logged
     assert got[("pyconmon_dropped_bytes_total", "log_write")] == got[("pyconmon_log_write_errors_total", None)] == 0
+    hold.write_text("")
+
+
+def test_oom_kill_is_counted(testbed, policy_conmon, config_file, tmp_path):
+    """``pyconmon_oom_kills_total``: 1 after the memory cgroup's OOM killer ended the container."""
+    if not os.path.isdir("/sys/fs/cgroup/memory"):
+        pytest.skip("needs the cgroup v1 memory controller (the v2 path is unit-tested)")
+    mdir = tmp_path / "metrics"
+    config(config_file, mdir)
+    hold, exit_command = held_exit(tmp_path)
+    m = testbed.run(policy_conmon, ["sh", "-c", "x=a; while true; do x=$x$x; done"], exit_command=exit_command,
+                    bundle_kw={"memory_limit": 20 << 20})
+    assert m.wait_exit_file(30) == 137, m.describe()
+    got, _ = read_metrics(mdir / f"{m.cid}.prom")
+    assert got[("pyconmon_oom_kills_total", None)] == 1
     hold.write_text("")
 
 
