@@ -159,6 +159,40 @@ def test_oom_kill_is_counted(testbed, policy_conmon, config_file, tmp_path):
     hold.write_text("")
 
 
+def test_attach_clients_now_in_all_and_dropped(testbed, policy_conmon, config_file, tmp_path):
+    """``pyconmon_attach_clients`` (now), ``..._total`` and ``..._dropped_total``: a client that
+    connects and never reads is counted, then dropped by the monitor once the flood leaves it
+    4 MiB behind for a second."""
+    mdir = tmp_path / "metrics"
+    config(config_file, mdir)
+    go = tmp_path / "go"
+    script = f"while [ ! -e /run/go ]; do usleep 20000; done; yes {LINE} | head -c 30000000; exec sleep 300"
+    m = testbed.run(policy_conmon, ["sh", "-c", script], start=False, bundle_kw={"edit": bind_go(tmp_path)})
+    prom = mdir / f"{m.cid}.prom"
+    m.attach()  # never reads
+    m.start_container()
+
+    def sample(name):
+        return prom.exists() and read_metrics(prom)[0].get((name, None))
+
+    poll_until(lambda: sample("pyconmon_attach_clients") == 1, what="one client connected now")
+    assert sample("pyconmon_attach_clients_dropped_total") == 0
+    go.write_text("")
+    poll_until(lambda: sample("pyconmon_attach_clients_dropped_total") == 1, 30, what="the client dropped")
+    got, _ = read_metrics(prom)
+    assert (got[("pyconmon_attach_clients", None)], got[("pyconmon_attach_clients_total", None)]) == (0, 1)
+    os.kill(m.container_pid, 9)
+    m.wait_exit_file(10)
+
+
+def bind_go(tmp_path):
+    """Bundle edit: the host's ``tmp_path`` at /run in the container (the ``go`` file starts the flood)."""
+    def edit(spec):
+        spec["mounts"].append({"destination": "/run", "type": "bind", "source": str(tmp_path),
+                               "options": ["bind", "rw"]})
+    return edit
+
+
 def test_podman_container_metrics(podman_clean, policy_conmon, config_file, tmp_path):
     mdir = tmp_path / "metrics"
     config(config_file, mdir)
