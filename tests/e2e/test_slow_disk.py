@@ -106,6 +106,7 @@ def test_sync_policy_counts_fsyncs(testbed, policy_conmon, config_file, tmp_path
         assert n_fsync == n_reopen + 1  # before each new file, and at exit
 
 
+@pytest.mark.one_runtime  # the monitor's own writes
 @pytest.mark.parametrize("name", ["conmon", "installed"])
 def test_without_a_buffer_the_container_waits_for_the_disk_as_with_c_conmon(testbed, monitor_named, name):
     """README: without ``log.buffer`` a slow write holds up reading, the pipe fills and the
@@ -129,3 +130,33 @@ def test_without_a_buffer_the_container_waits_for_the_disk_as_with_c_conmon(test
     assert tail.pop() == b""
     assert tail[-1] == b"%d" % (1000000 + LINES - 1)
     assert tail[1:] == [b"%d" % n for n in range(int(tail[1]), 1000000 + LINES)]  # tail[0] may be a line's end
+
+
+@pytest.mark.one_runtime  # the monitor's own writes
+def test_a_full_buffer_waits_loses_nothing_and_is_counted(testbed, policy_conmon, config_file, tmp_path):
+    """README: "When the buffer is full, reading waits until the thread has brought it down to half:
+    nothing is lost"; metrics ``pyconmon_log_buffer_waits_total`` and ``..._peak_bytes``. A 1 MiB
+    buffer in front of a disk whose every write takes 0.2 s: 8 MB of lines all reach the log, reading
+    waited, and the most that waited at once is about the buffer (plus the chunk that filled it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    mdir = tmp_path / "metrics"
+    config_file(f'[log]\nbuffer = "1M"\n[metrics]\ndir = "{mdir}"\ninterval = 3600\n')
+    hold = tmp_path / "hold"
+    m = testbed.run(policy_conmon, ["sh", "-c", SCRIPT], start=False,
+                    exit_command=["/bin/sh", "-c", f"while [ ! -e {hold} ]; do sleep 0.05; done"])
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(m.monitor_pid()),
+                               "-e", "trace=write,writev", "-e", "inject=write,writev:delay_enter=200000"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll_until(lambda: traced(m.monitor_pid()), what="strace to attach to every thread of the monitor")
+        m.start_container()
+        assert m.wait_exit_file(120) == 0
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    assert stream_text(m.log_records()) == b"".join(b"%d\n" % n for n in range(1000000, 1000000 + LINES))
+    with open(mdir / f"{m.cid}.prom") as f:
+        got = {s.name: s.value for fam in text_string_to_metric_families(f.read()) for s in fam.samples}
+    hold.write_text("")
+    assert got["pyconmon_log_buffer_waits_total"] >= 1
+    assert 1 << 20 <= got["pyconmon_log_buffer_peak_bytes"] <= 2 << 20
