@@ -544,7 +544,9 @@ class Monitor:
     the first process with ``--sync``), ``sync`` (SyncReader), ``attach_pipe``
     (SyncReader, Podman exec), ``messages`` (sync messages read so far),
     ``container_pid``, ``stdout``/``stderr`` (what the first process and
-    anything else holding its stdio wrote, as bytes).
+    anything else holding its stdio wrote, as bytes), ``runtime`` (the OCI
+    runtime's path, runc or crun: ``start_container``, ``state`` and
+    ``runtime_cmd`` use it with ``runtime_root``).
     """
 
     def __init__(self, conmon, argv, env, cwd, *, style, cid, runtime=RUNC, runtime_root=None, sync_kind,
