@@ -237,6 +237,10 @@ def test_classic_unless_switched_on(testbed, stub, classic, switch):
         m = testbed.run(stub, LONG, env_extra={"PYCONMON_MODE": "classic"} if switch == "environment" else None)
         assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic)
         assert proc_text(m.pid, "cmdline").split(b"\0")[0] == stub.encode()  # argv[0] as the caller gave it
+        # "argv and environment untouched"
+        assert proc_text(m.pid, "cmdline").split(b"\0")[:-1] == [a.encode() for a in m.argv]
+        env = dict(x.split(b"=", 1) for x in proc_text(m.pid, "environ").split(b"\0") if b"=" in x)
+        assert env == {k.encode(): v.encode() for k, v in m.env.items()}
         runtime_kill(m)
         assert m.wait_exit_file(10) == 137
     finally:
@@ -540,3 +544,36 @@ def test_a_slow_fsync_at_one_exit_delays_the_other_containers(testbed, stub):
     stamps = [parse_k8s_timestamp(r.timestamp) for r in ticker.log_records()]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
     assert max(gaps) > 2.0, gaps
+
+
+def test_runtime_and_exit_command_run_in_the_callers_world(testbed, stub, tmp_path):
+    """README: the stub "forks and execs the runtime and the exit command when the server asks (so
+    they run in the caller's cgroups, namespaces and environment)". Both record their parent, cgroup,
+    namespaces and environment: the parent is the stub, the rest is the caller's (this test's), and
+    the caller's own variable reached them (the server, started once, never saw it)."""
+    import json
+
+    record = ("#!/bin/sh\n"
+              "{ echo \"$PPID\"; cat /proc/self/cgroup | tr '\\n' ' '; echo; "
+              "for n in mnt net pid ipc uts user cgroup; do readlink /proc/self/ns/$n; done | tr '\\n' ' '; echo; "
+              "echo \"$PCM_CALLER_MARK\"; } > {out}\n")
+    runtime = tmp_path / "runtime"
+    runtime.write_text(record.replace("{out}", f"{tmp_path}/runtime-$(echo \" $* \" | grep -q ' create ' && "
+                                      "echo create || echo other).seen") + f'exec {testbed.runtime} "$@"\n')
+    exit_command = tmp_path / "exit-command"
+    exit_command.write_text(record.replace("{out}", f"{tmp_path}/exit.seen"))
+    for script in (runtime, exit_command):
+        script.chmod(0o755)
+    testbed.run(stub, ["true"]).wait_exit_file(10)  # a server started before this caller's variable existed
+    m = testbed.run(stub, ["true"], extra_args=["-r", str(runtime)], exit_command=[str(exit_command)],
+                    env_extra={"PCM_CALLER_MARK": "from-the-caller"})
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+    assert m.wait_exit_file(10) == 0
+    done = tmp_path / "exit.seen"
+    poll_until(lambda: done.exists() and done.read_text().count("\n") == 4, what="the exit command's record")
+    mine = (proc_text(os.getpid(), "cgroup").decode().replace("\n", " "),
+            " ".join(os.readlink(f"/proc/self/ns/{n}") for n in ("mnt", "net", "pid", "ipc", "uts", "user", "cgroup")))
+    for seen in (tmp_path / "runtime-create.seen", tmp_path / "exit.seen"):
+        ppid, cgroup, ns, mark = seen.read_text().split("\n")[:4]
+        assert int(ppid) == m.pid, (seen.name, json.dumps(seen.read_text()))
+        assert (cgroup, ns.strip(), mark) == (mine[0], mine[1], "from-the-caller"), seen.name
