@@ -149,7 +149,7 @@ def test_the_mentioned_options_are_the_expected_ones() -> None:
     """If this fails, the README names a new option: add it here once it is tested as implemented."""
     assert MENTIONED == ["--cid", "--cuuid", "--help", "--log-global-size-max", "--log-max-files", "--log-rotate",
                          "--log-size-max", "--no-sync-log", "--print-config", "--restore",
-                         "--runtime", "--seccomp-notify-plugins", "--seccomp-notify-socket", "--sync", "--timeout",
+                         "--seccomp-notify-plugins", "--seccomp-notify-socket", "--sync", "--timeout",
                          "--version"]
 
 
