@@ -76,4 +76,4 @@ def register(cls):
 
 
 # Registration order is table order.
-from . import logs, create, memory, latency, podman, density, crio  # noqa: E402, F401, I001
+from . import logs, create, memory, latency, podman, density, noisy, crio  # noqa: E402, F401, I001

@@ -41,6 +41,13 @@ def smaps(pid):
     return r["Pss"], r["Private_Dirty"]
 
 
+def no_static_libc():
+    """Why the server-mode stub cannot be built here, or None."""
+    if not os.path.exists("/usr/lib/x86_64-linux-gnu/libc.a") and not os.path.exists("/usr/lib/libc.a"):
+        return "no static libc (libc6-dev) for the server-mode stub"
+    return None
+
+
 def server_pids(libdir):
     """The pyconmon-server processes of the install whose package dir is ``libdir``."""
     found = []
@@ -57,32 +64,41 @@ def server_pids(libdir):
     return found
 
 
+def server_mode_install(bench):
+    """The prefix of a second install in server mode (``make install ENTRY=stub``, mode file
+    ``always``: server mode even if the bench runs inside a systemd service); made once per run."""
+    prefix = getattr(bench, "server_mode_prefix", None)
+    if prefix is not None:
+        return prefix
+    root = os.path.join(bench.workroot, "server-mode")
+    os.makedirs(root)
+    mode = os.path.join(root, "mode")
+    with open(mode, "w") as f:
+        f.write("always\n")
+    prefix = os.path.join(root, "prefix")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    r = run_quiet(["make", "-C", REPO, "install", "ENTRY=stub", f"PREFIX={prefix}",
+                   f"PYCONMON_MODE_FILE={mode}", f"BUILDDIR={os.path.join(root, 'build')}"], timeout=300, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"building pyconmon's server mode failed:\n{r.stdout}\n{r.stderr}")
+    os.sync()  # a page of a file written and not yet written back counts as dirty in every mapping
+    bench.server_mode_prefix = prefix
+    return prefix
+
+
 @register
 class Density(Section):
     name = "density"
     title = "density: idle containers side by side"
 
     def unavailable(self):
-        if not os.path.exists("/usr/lib/x86_64-linux-gnu/libc.a") and not os.path.exists("/usr/lib/libc.a"):
-            return "no static libc (libc6-dev) for the server-mode stub"
-        return None
+        return no_static_libc()
 
     def counts(self):
         return QUICK_COUNTS if self.bench.args.quick else COUNTS
 
     def setup(self):
-        root = os.path.join(self.bench.workroot, "server-mode")
-        os.makedirs(root)
-        mode = os.path.join(root, "mode")
-        with open(mode, "w") as f:
-            f.write("always\n")  # server mode even if the bench runs inside a systemd service
-        self.prefix = os.path.join(root, "prefix")
-        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
-        r = run_quiet(["make", "-C", REPO, "install", "ENTRY=stub", f"PREFIX={self.prefix}",
-                       f"PYCONMON_MODE_FILE={mode}", f"BUILDDIR={os.path.join(root, 'build')}"], timeout=300, env=env)
-        if r.returncode != 0:
-            raise SystemExit(f"building pyconmon's server mode failed:\n{r.stdout}\n{r.stderr}")
-        os.sync()  # a page of a file written and not yet written back counts as dirty in every mapping
+        self.prefix = server_mode_install(self.bench)
         self.libdir = os.path.join(self.prefix, "lib", "pyconmon")
         c_mon, classic = self.bench.monitors
         server = Monitor("pyconmon", "pyconmon server mode", os.path.join(self.prefix, "bin", "conmon"))
