@@ -37,6 +37,19 @@ TIMEOUT_S = 10.0
 PATTERNS = (("isolated", "isolated"), ("b2b", "back to back"))
 
 
+def fifo_reader(bench, mon):
+    """(Run, FIFO path): a container that ``cat``s a FIFO bind-mounted from the host."""
+    fifo_dir = tempfile.mkdtemp(prefix="fifo-", dir=bench.workroot)
+    fifo = os.path.join(fifo_dir, "in")
+    os.mkfifo(fifo)
+
+    def edit(spec):
+        spec["mounts"].append({"destination": "/run/pcm", "type": "bind", "source": fifo_dir,
+                               "options": ["rbind", "ro", "nosuid", "nodev"]})
+
+    return Run(bench, mon, ["cat", "/run/pcm/in"], bundle_edit=edit), fifo
+
+
 def _ms(values):
     return [v * 1000 for v in values]
 
@@ -74,15 +87,7 @@ class Latency(Section):
     # -- write to log record ---------------------------------------------------------------------------
 
     def record_run(self, mon, n):
-        fifo_dir = tempfile.mkdtemp(prefix="fifo-", dir=self.bench.workroot)
-        fifo = os.path.join(fifo_dir, "in")
-        os.mkfifo(fifo)
-
-        def edit(spec):
-            spec["mounts"].append({"destination": "/run/pcm", "type": "bind", "source": fifo_dir,
-                                   "options": ["rbind", "ro", "nosuid", "nodev"]})
-
-        run = Run(self.bench, mon, ["cat", "/run/pcm/in"], bundle_edit=edit)
+        run, fifo = fifo_reader(self.bench, mon)
         wfd = None
         watch = None
         try:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import tempfile
 import time
 
 from ..container import Monitor, Run
@@ -32,7 +31,7 @@ from ..system import CLK_TCK, RUNC, BenchFailure, Inotify, exit_code_in, proc_st
 from ..verify import check_stream, k8s_stream
 from . import Row, Section, register
 from .density import no_static_libc, server_mode_install, server_pids
-from .latency import Latency
+from .latency import Latency, fifo_reader
 
 COUNTS = (1, 20)
 GAP_S = 0.01  # between the quiet container's writes (the pattern, not a wait for a condition)
@@ -71,15 +70,7 @@ class Noisy(Section):
     def noisy_run(self, mon, wl, n):
         metrics = [f"noisy/{wl.key}/{n}/{m}" for m in ("cpu_s", "p99_ms")]
         served = mon.label.endswith("server mode")
-        fifo_dir = tempfile.mkdtemp(prefix="fifo-", dir=self.bench.workroot)
-        fifo = os.path.join(fifo_dir, "in")
-        os.mkfifo(fifo)
-
-        def edit(spec):
-            spec["mounts"].append({"destination": "/run/pcm", "type": "bind", "source": fifo_dir,
-                                   "options": ["rbind", "ro", "nosuid", "nodev"]})
-
-        quiet = Run(self.bench, mon, ["cat", "/run/pcm/in"], bundle_edit=edit)
+        quiet, fifo = fifo_reader(self.bench, mon)
         noisy = [Run(self.bench, mon, ["sh", "-c", wl.script]) for _ in range(n)]
         wfd = watch = log = None
         server, cpu0 = None, 0.0
