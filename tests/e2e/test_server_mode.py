@@ -510,6 +510,31 @@ def test_every_install_has_both_programs(stub, installed_conmon):
             assert f.read() == programs[kind], (entry, kind)
 
 
+def test_the_default_mode_file_is_under_sysconfdir(testbed, installed_conmon):
+    """README: `echo server > /usr/local/etc/pyconmon/mode`, i.e. `$(SYSCONFDIR)/pyconmon/mode`
+    (SYSCONFDIR: `$(PREFIX)/etc`) when the install names no other. An install made without
+    PYCONMON_MODE_FILE: its stub is classic, then serves once that file switches it on."""
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(installed_conmon)))
+    stub = os.path.join(prefix, "lib", "pyconmon", "stub", "conmon")
+    mode = os.path.join(prefix, "etc", "pyconmon", "mode")
+    assert not os.path.exists(mode)
+    m = testbed.run(stub, LONG)
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(os.path.join(prefix, "lib", "pyconmon",
+                                                                              "classic", "conmon"))
+    runtime_kill(m)
+    assert m.wait_exit_file(10) == 137
+    os.makedirs(os.path.dirname(mode), exist_ok=True)
+    try:
+        with open(mode, "w") as f:
+            f.write("always\n")  # not "server": CI may run the tests inside a systemd *.service
+        m = testbed.run(stub, LONG)
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+        runtime_kill(m)
+        assert m.wait_exit_file(10) == 137
+    finally:
+        os.unlink(mode)
+
+
 @pytest.mark.one_runtime
 def test_a_slow_fsync_at_one_exit_delays_the_other_containers(testbed, stub):
     """README: "Sessions share one loop, so a slow fsync ... at one container's exit delays the
