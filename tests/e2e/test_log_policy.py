@@ -206,6 +206,16 @@ def test_podman_bad_annotation_fails_the_start(podman_clean, installed_conmon):
     assert "io.pyconmon.log.policy: must be one of drop, block" in r.stderr, r.stderr
 
 
+@pytest.mark.one_runtime  # refused before the runtime runs
+def test_podman_shows_a_bad_configuration_file(podman_clean, policy_conmon, config_file):
+    """README: a bad pyconmon.toml "stops every container start: the monitor sends -1 and a message
+    naming the file, the line and the key on the sync pipe (Podman shows it)"."""
+    path = config_file('[log]\nrate = "1M"\nburts = "2M"\n')
+    r = podman_clean("run", "--rm", "busybox", "true", conmon=policy_conmon, timeout=SLOW)
+    assert r.returncode != 0
+    assert f"{path}:3: unknown key 'log.burts'" in r.stderr, r.stderr
+
+
 # --------------------------------------------------------------------------
 # journald: stderr priority and identifier from the file; markers in the journal
 
