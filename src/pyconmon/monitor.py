@@ -477,6 +477,12 @@ class Monitor:
         return code & 0xFF  # as conmon: a --sync caller sees the container's code as our status
 
     def teardown(self) -> None:
+        if self.oom is not None:
+            # Registered by this object, so unregistered here: in server mode the loop outlives
+            # the container, and a stale entry for a closed fd number made a later container's
+            # output pipe with that number never be watched (found with CRI-O).
+            for fd in self.oom.fds():
+                self.loop.remove(fd)
         for part in (self.attach, self.fifos, self.notify, self.oom):
             if part is not None:
                 try:

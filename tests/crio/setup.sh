@@ -6,6 +6,7 @@
 # checkout's path; `setup.sh env` prints them), two runtime handlers:
 #   pyconmon  monitor_path = $PYCONMON_CRIO_PREFIX/libexec/crio/conmon
 #             (where `make crio PREFIX=$PYCONMON_CRIO_PREFIX` installs it)
+#   pyconmon-server  the same in server mode (`make crio ENTRY=stub`, mode "always")
 #   conmon    monitor_path = /usr/bin/conmon (Debian's C conmon, the reference)
 #
 #   tests/crio/setup.sh [prepare]  apt packages, crio/crictl (built once, see
@@ -38,6 +39,11 @@ CRIO_LOG=$LOGDIR/crio.log
 CRIO=$CRIO_CACHE/crio
 CRICTL=$CRICTL_CACHE/crictl
 PYCONMON_MONITOR=$PREFIX/libexec/crio/conmon
+# Server mode (README "Server mode"): the stub as conmon, its mode file saying
+# "always"; CRI-O's exec probes (--sync) still get the classic monitor.
+SERVER_PREFIX=$STATE/prefix-server
+SERVER_MODE_FILE=$STATE/server-mode
+PYCONMON_SERVER_MONITOR=$SERVER_PREFIX/libexec/crio/conmon
 C_CONMON=/usr/bin/conmon
 RUNC=$(command -v runc || echo /usr/sbin/runc)
 # Without CAP_SYS_RESOURCE in the bounding set (a host limit) runc cannot give
@@ -63,7 +69,7 @@ crio_env() {
 print_env() {
     local v
     for v in KEY STATE RUNDIR LOGDIR PREFIX CONF CONF_DIR CRICTL_CONF SOCK PIDFILE CRIO_LOG CRIO CRICTL \
-             PYCONMON_MONITOR C_CONMON RUNC RUNTIME_PATH IMAGE_BUSYBOX IMAGE_PAUSE CRIO_VERSION CRICTL_VERSION; do
+             PYCONMON_MONITOR PYCONMON_SERVER_MONITOR C_CONMON RUNC RUNTIME_PATH IMAGE_BUSYBOX IMAGE_PAUSE CRIO_VERSION CRICTL_VERSION; do
         printf '%s=%q\n' "$v" "${!v}"
     done
 }
@@ -176,6 +182,14 @@ monitor_path = "$PYCONMON_MONITOR"
 monitor_cgroup = "pod"
 monitor_env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
+[crio.runtime.runtimes.pyconmon-server]
+runtime_path = "$RUNTIME_PATH"
+runtime_type = "oci"
+runtime_root = "$RUNDIR/runc"
+monitor_path = "$PYCONMON_SERVER_MONITOR"
+monitor_cgroup = "pod"
+monitor_env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
 [crio.runtime.runtimes.conmon]
 runtime_path = "$RUNTIME_PATH"
 runtime_type = "oci"
@@ -211,6 +225,10 @@ install_monitor() {
     # private BUILDDIR so that the checkout's build/ is left alone.
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u DESTDIR \
         make -s -C "$REPO" BUILDDIR="$STATE/build" PREFIX="$PREFIX" crio >&2
+    echo always > "$SERVER_MODE_FILE"
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u DESTDIR \
+        make -s -C "$REPO" BUILDDIR="$STATE/build-server" PREFIX="$SERVER_PREFIX" ENTRY=stub \
+        PYCONMON_MODE_FILE="$SERVER_MODE_FILE" all crio >&2
 }
 
 import_images() {

@@ -36,7 +36,7 @@ from . import REPO
 from .harness import poll_until, read_pidfile
 
 SETUP = os.path.join(REPO, "tests", "crio", "setup.sh")
-HANDLERS = ("conmon", "pyconmon")
+HANDLERS = ("conmon", "pyconmon", "pyconmon-server")
 SLOW = 120  # seconds: deadline for anything crictl asks CRI-O
 _NS_POD, _NS_CONTAINER, _NS_NODE = 0, 1, 2
 
@@ -70,7 +70,8 @@ class Crio:
         self.runroot = os.path.join(self.env["RUNDIR"], "storage")
         self.log_root = os.path.join(self.env["LOGDIR"], "tests")
         self.image = self.env["IMAGE_BUSYBOX"]
-        self.monitor_path = {"pyconmon": self.env["PYCONMON_MONITOR"], "conmon": self.env["C_CONMON"]}
+        self.monitor_path = {"pyconmon": self.env["PYCONMON_MONITOR"], "conmon": self.env["C_CONMON"],
+                             "pyconmon-server": self.env["PYCONMON_SERVER_MONITOR"]}
         self.pods = []
         self._log_dirs = {}  # pod id -> its log directory (removed with the pod, as the kubelet does)
         self._n = 0
