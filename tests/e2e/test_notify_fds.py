@@ -328,6 +328,8 @@ def test_inherited_fd_closed_before_exit_file(testbed, monitor_bin):
         os.close(w)
         w = None
         assert m.container_pid, m.describe()
+        # crun's `start` returns before the container process has closed its extra fds and exec'd
+        poll_until(lambda: proc_cmdline(m.container_pid).startswith(b"sleep\0"), what="exec sleep")
         # only the monitor holds it: not the container
         holders = _pipe_holders(ino, [m.pid, m.container_pid])
         assert [pid for pid, _ in holders] == [m.pid], holders
