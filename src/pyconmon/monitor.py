@@ -284,7 +284,7 @@ class Monitor:
             self.diag.use_stderr = False
         if self.stdio is not None:
             self.stdio.close_child_ends()
-            self.stdio.collect_runtime_stderr()
+            self.stdio.collect_early_output()
         if self.start_fd is not None:
             os.close(self.start_fd)  # the child has its own copy for the second byte
             self.start_fd = None
@@ -338,7 +338,7 @@ class Monitor:
         self._watch_oom()
         self._watch_exit(pid)
         if self.stdio is not None:
-            self.stdio.release_runtime_stderr()
+            self.stdio.release_early_output()
             self.stdio.watch_output()
         if self.metrics is not None:
             self.metrics.start()

@@ -51,7 +51,7 @@ PACE_BELOW = 64 << 10  # a read shorter than this means the container writes slo
 PACE_S = 0.001  # ...so wait this long before the next read
 PTY_RETRY = 0.1
 RUNTIME_ERR_MAX = 8192  # what the sync pipe gets of a failed runtime's stderr, as conmon
-EARLY_STDERR_MAX = 8 << 20  # stderr kept while the runtime runs; beyond it, dropped with a warning
+EARLY_OUTPUT_MAX = 8 << 20  # output held while the runtime runs; beyond it, dropped with a warning
 
 
 def _enlarge_pipe(fd: int) -> None:
@@ -110,7 +110,7 @@ class ContainerStdio:
         self._paused_by: set[str] = set()
         self.gate: BlockGate | None = None  # a `block` log rate limit, if any
         self._retry_timer: Timer | None = None
-        self._early: list[bytes] = []  # stderr read while the runtime ran
+        self._early: list[tuple[int, bytes]] = []  # (stream, chunk) read while the runtime ran
         self._early_size = 0
         self._early_dropped = 0
 
@@ -201,20 +201,26 @@ class ContainerStdio:
                 os.close(fd)
         self.child_fds = [-1, -1, -1]
 
-    # -- the runtime's stderr ---------------------------------------------------
-    def collect_runtime_stderr(self) -> None:
-        """While the runtime runs: read the stderr pipe into memory, so it never fills up."""
-        for src in self._stderr_pipes():
-            self.loop.add(src.fd, EPOLLIN, lambda ev, s=src: self._on_early_stderr(s))  # type: ignore[misc]
+    # -- output while the runtime runs ---------------------------------------
+    # The runtime's stderr is the container's stderr pipe: a runtime that writes more than
+    # the pipe holds and fails would deadlock (it blocks writing, we wait for it to exit),
+    # so the pipes are read while it runs.  What is read is held, in the order it was read
+    # (an exec'd process may already be writing both streams), until the runtime's fate is
+    # known: on failure the first 8 KiB of stderr become the sync pipe's message and nothing
+    # is logged; on success the held chunks are output, in the same order.
+    def collect_early_output(self) -> None:
+        """While the runtime runs: read the output pipes into memory, so they never fill up."""
+        for src in self._early_pipes():
+            self.loop.add(src.fd, EPOLLIN, lambda ev, s=src: self._on_early_output(s))  # type: ignore[misc]
 
-    def _on_early_stderr(self, src: OutputSource) -> None:
+    def _on_early_output(self, src: OutputSource) -> None:
         self._collect(src)
 
-    def _stderr_pipes(self) -> list[OutputSource]:
-        return [src for src in self.sources if src.stream == STDERR and not src.is_pty and not src.eof]
+    def _early_pipes(self) -> list[OutputSource]:
+        return [src for src in self.sources if not src.is_pty and not src.eof]
 
     def _collect(self, src: OutputSource, limit: int = READ_CHUNK) -> bool:
-        """Read one chunk of early stderr; False once nothing more is there now (EAGAIN or EOF)."""
+        """Hold one chunk of ``src``; False once nothing more is there now (EAGAIN or EOF)."""
         try:
             data = os.read(src.fd, limit)
         except (BlockingIOError, InterruptedError):
@@ -224,56 +230,38 @@ class ContainerStdio:
         if not data:
             self._source_eof(src)
             return False
-        room = EARLY_STDERR_MAX - self._early_size
+        room = EARLY_OUTPUT_MAX - self._early_size
         if room > 0:
-            self._early.append(data[:room])
+            self._early.append((src.stream, data[:room]))
             self._early_size += min(room, len(data))
         self._early_dropped += max(0, len(data) - max(room, 0))
         return True
 
     def _stop_collecting(self) -> None:
-        for src in self._stderr_pipes():
+        for src in self._early_pipes():
             self.loop.remove(src.fd)
 
-    def _read_waiting(self, src: OutputSource) -> None:
-        """One chunk of what is in ``src`` now, without waiting."""
-        try:
-            data = os.read(src.fd, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.on_output(src.stream, data)
-        else:
-            self._source_eof(src)
+    def _early_stderr(self) -> bytes:
+        return b"".join(data for stream, data in self._early if stream == STDERR)
 
     def runtime_error(self) -> str:
         """After the runtime failed: the first 8 KiB of what it wrote to stderr."""
         self._stop_collecting()
-        for src in self._stderr_pipes():
-            while self._early_size < RUNTIME_ERR_MAX and self._collect(src, RUNTIME_ERR_MAX):
-                pass
-        return b"".join(self._early)[:RUNTIME_ERR_MAX].decode("utf-8", "replace")
+        for src in self._early_pipes():
+            if src.stream == STDERR:
+                while len(self._early_stderr()) < RUNTIME_ERR_MAX and self._collect(src, RUNTIME_ERR_MAX):
+                    pass
+        return self._early_stderr()[:RUNTIME_ERR_MAX].decode("utf-8", "replace")
 
-    def release_runtime_stderr(self) -> None:
-        """After the runtime succeeded: what it (or an exec'd process) wrote is output, logged first.
-
-        As if it had waited in its pipe: a chunk already waiting on a stdout pipe goes first, as
-        the loop reads stdout first when both are ready (a quick exec's ``echo out; echo err >&2``
-        reaches a client in that order, as with conmon).
-        """
+    def release_early_output(self) -> None:
+        """After the runtime succeeded: what was held is output, first and in the order read."""
         self._stop_collecting()
         early, self._early, self._early_size = self._early, [], 0
-        if early:
-            for src in self.sources:
-                if src.stream == STDOUT and not src.is_pty and not src.eof:
-                    self._read_waiting(src)
-        for data in early:
-            self.on_output(STDERR, data)
+        for stream, data in early:
+            self.on_output(stream, data)
         if self._early_dropped:
-            self.diag.warn(f"Dropped {self._early_dropped} bytes of stderr written while the runtime ran "
-                           f"(more than {EARLY_STDERR_MAX})")
+            self.diag.warn(f"Dropped {self._early_dropped} bytes of output written while the runtime ran "
+                           f"(more than {EARLY_OUTPUT_MAX})")
             self._early_dropped = 0
 
     # -- output --------------------------------------------------------------

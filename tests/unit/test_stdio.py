@@ -120,54 +120,70 @@ def test_runtime_stderr_beyond_the_pipe_is_drained_while_it_runs(h):
     """A runtime writing 10 MiB to stderr (ten pipes full) is never blocked: the failure keeps 8 KiB."""
     h.stdio.make_pipes(want_stdin=False)
     _, _, cerr = h.stdio.child_fds
-    h.stdio.collect_runtime_stderr()
+    h.stdio.collect_early_output()
     writer = _write_in_thread(cerr, b"x" * 100 + b"e" * (10 << 20))
     h.run_until(lambda: not writer.is_alive(), timeout=20)
     assert h.stdio.runtime_error() == "x" * 100 + "e" * (8192 - 100)
     assert h.output == []  # a failed runtime's words go to the sync pipe, never to the log
 
 
-def test_runtime_stderr_of_a_successful_runtime_is_logged_first_in_order(h):
+def test_runtime_error_is_stderr_alone(h):
+    """What an exec'd process wrote to stdout before the runtime failed is not part of its error."""
     h.stdio.make_pipes(want_stdin=False)
     _, cout, cerr = h.stdio.child_fds
-    h.stdio.collect_runtime_stderr()
+    h.stdio.collect_early_output()
+    os.write(cout, b"out\n")
+    os.write(cerr, b"runc: boom\n")
+    h.run_until(lambda: len(h.stdio._early) == 2)
+    assert h.stdio.runtime_error() == "runc: boom\n"
+    assert h.output == []
+
+
+def test_output_of_a_successful_runtime_is_logged_first_in_the_order_read(h):
+    h.stdio.make_pipes(want_stdin=False)
+    _, cout, cerr = h.stdio.child_fds
+    h.stdio.collect_early_output()
     os.write(cerr, b"runtime warning\n")
     h.run_until(lambda: h.stdio._early_size == 16)
     os.write(cerr, b"container says\n")  # still in the pipe when the runtime has exited
     os.write(cout, b"out\n")
-    h.stdio.release_runtime_stderr()
-    assert h.output == [(STDOUT, b"out\n"), (STDERR, b"runtime warning\n")]
+    h.stdio.release_early_output()
+    assert h.output == [(STDERR, b"runtime warning\n")]
     h.stdio.watch_output()
     h.run_until(lambda: h.stream(STDERR) == b"runtime warning\ncontainer says\n" and h.stream(STDOUT) == b"out\n")
     assert h.diag.messages == []
 
 
-def test_stdout_waiting_at_release_comes_before_the_early_stderr(h):
-    """A quick exec writes ``out`` then ``err`` before the runtime exits: a client gets them in that order."""
+@pytest.mark.parametrize("first", [STDOUT, STDERR])
+def test_both_streams_written_while_the_runtime_runs_keep_their_order(h, first):
+    """A quick exec writes both streams before the runtime exits: a client gets them in the order written
+    (``echo out; echo err >&2`` as well as ``echo err >&2; echo out``)."""
     h.stdio.make_pipes(want_stdin=False)
     _, cout, cerr = h.stdio.child_fds
-    h.stdio.collect_runtime_stderr()
-    os.write(cout, b"probe-out\n")
-    os.write(cerr, b"probe-err\n")
-    h.run_until(lambda: h.stdio._early_size == 10)
-    h.stdio.release_runtime_stderr()
-    assert h.output == [(STDOUT, b"probe-out\n"), (STDERR, b"probe-err\n")]
+    fds = {STDOUT: cout, STDERR: cerr}
+    second = STDERR if first == STDOUT else STDOUT
+    h.stdio.collect_early_output()
+    os.write(fds[first], b"one\n")
+    h.run_until(lambda: len(h.stdio._early) == 1)
+    os.write(fds[second], b"two\n")
+    h.run_until(lambda: len(h.stdio._early) == 2)
+    h.stdio.release_early_output()
     h.stdio.close_child_ends()
     h.stdio.watch_output()
     h.run_until(lambda: all(s.eof for s in h.stdio.sources))
-    assert h.output == [(STDOUT, b"probe-out\n"), (STDERR, b"probe-err\n")]
+    assert h.output == [(first, b"one\n"), (second, b"two\n")]
 
 
-def test_runtime_stderr_beyond_the_bound_is_dropped_with_a_warning(h, monkeypatch):
-    monkeypatch.setattr("pyconmon.stdio.EARLY_STDERR_MAX", 1000)
+def test_output_beyond_the_bound_while_the_runtime_runs_is_dropped_with_a_warning(h, monkeypatch):
+    monkeypatch.setattr("pyconmon.stdio.EARLY_OUTPUT_MAX", 1000)
     h.stdio.make_pipes(want_stdin=False)
     _, _, cerr = h.stdio.child_fds
-    h.stdio.collect_runtime_stderr()
+    h.stdio.collect_early_output()
     os.write(cerr, b"a" * 600)
     h.run_until(lambda: h.stdio._early_size == 600)
     os.write(cerr, b"b" * 600)
     h.run_until(lambda: h.stdio._early_dropped == 200)
-    h.stdio.release_runtime_stderr()
+    h.stdio.release_early_output()
     assert h.stream(STDERR) == b"a" * 600 + b"b" * 400
     assert len(h.diag.messages) == 1 and "Dropped 200 bytes" in h.diag.messages[0][1], h.diag.messages
 
