@@ -53,7 +53,9 @@ meantime (some, too few to wake it, are enough).  journald is then taken
 for stuck: the writer drops lines without waiting (warned once) until a
 send succeeds again or CONGESTED_S has passed.  A missing or refusing
 socket is warned about once and the lines dropped; each later ``write``
-tries to reconnect.  Nothing raises out of ``write``.
+tries to reconnect.  Nothing raises out of ``write``.  Every entry dropped
+counts as a write error and its MESSAGE bytes as lost (the metrics'
+``log_write`` cause), on the failure path only.
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ class JournaldWriter:
         self._bigger: list[_socket.socket | None] = [None] * (len(SNDBUFS) - 1)  # opened as needed
         self._congested_until = 0.0
         self._troubled: set[str] = set()
+        self.write_errors = 0  # entries that could not be sent (metrics)
+        self.lost_bytes = 0  # their MESSAGE bytes (metrics)
 
     # -- lines to entries ------------------------------------------------
 
@@ -253,6 +257,12 @@ class JournaldWriter:
         if self.diag is not None:
             self.diag.warn_once(key, text)
 
+    def _lost(self, payloads: list[bytes], start: int, stop: int) -> None:
+        """Count entries ``start`` to ``stop`` as not sent (each begins with MESSAGE and its length)."""
+        for payload in payloads[start:stop]:
+            self.write_errors += 1
+            self.lost_bytes += int.from_bytes(payload[8:16], "little")
+
     def _recovered(self) -> None:
         if self.diag is not None:
             for key in self._troubled:
@@ -338,6 +348,7 @@ class JournaldWriter:
             while True:
                 if error is None:
                     if self._sock is None and self._connect() is None:
+                        self._lost(payloads, index, len(payloads))
                         return
                     if how == _WAIT and self._congested_until and time.monotonic() < self._congested_until:
                         how = _DROPPING
@@ -358,6 +369,7 @@ class JournaldWriter:
                     if how != _DROPPING:
                         self._congested_until = time.monotonic() + CONGESTED_S
                         self._warn(KEY_FULL, "journald: not accepting entries; dropping log lines")
+                    self._lost(payloads, index, index + 1)
                     break
                 if code in (errno.EMSGSIZE, errno.ENOBUFS) and how != _MEMFD:
                     how = _MEMFD
@@ -367,10 +379,12 @@ class JournaldWriter:
                     if reconnected:
                         self._warn(KEY_SOCKET, f"journald: {self.socket_path} refuses entries: "
                                                f"{reason}; dropping log lines")
+                        self._lost(payloads, index, len(payloads))
                         return
                     reconnected = True
                     continue
                 self._warn(KEY_SEND, f"journald: cannot send an entry: {reason}; dropping it")
+                self._lost(payloads, index, index + 1)
                 break
 
     @staticmethod

@@ -10,7 +10,8 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.harness import join_lines, poll_until, read_attach_in_thread, stream_text
+from support.harness import join_lines, poll_until, read_attach_in_thread, read_k8s_log, stream_text
+from support.journald_service import read_entries
 
 LINE = "m" * 99
 MARKER = re.compile(rb"dropped (\d+) bytes")
@@ -212,3 +213,39 @@ def test_podman_container_metrics(podman_clean, policy_conmon, config_file, tmp_
         assert f.read().count(b" stdout F ") == 5000
     podman.rm(cid)
     poll_until(lambda: not prom.exists(), timeout=30, what="the metrics file to be removed")
+
+
+@pytest.mark.one_runtime  # the monitor's own work after the start
+@pytest.mark.parametrize("trouble", ["missing", "refusing"])
+def test_journald_entries_not_sent_are_write_errors_and_log_write_bytes(testbed, policy_conmon, config_file,
+                                                                      tmp_path, journal, trouble):
+    """README's metric table: journald entries not sent count in ``pyconmon_log_write_errors_total``,
+    one each, and their bytes in ``pyconmon_dropped_bytes_total{cause="log_write"}``.  The monitor
+    runs in a private mount namespace whose journal socket is missing or refuses (test_logging's
+    ns_wrapper); k8s-file beside journald shows what the container wrote: none of it reached the
+    journal, and the counts are exactly its lines and bytes."""
+    from test_logging import ns_wrapper
+
+    mdir = tmp_path / "metrics"
+    config(config_file, mdir)
+    hold, exit_command = held_exit(tmp_path)
+    wrap = ns_wrapper(testbed.workdir("ns"), policy_conmon, journal_socket=trouble)
+    log = os.path.join(testbed.workdir("logs"), "ctr.log")
+    script = f"yes {LINE} | head -n 3000; seq 1 500 >&2; printf tail"  # 3000 + 500 lines and a partial one
+    m = testbed.run(wrap, ["sh", "-c", script], start=False, log_driver=["journald", f"k8s-file:{log}"],
+                    exit_command=exit_command)
+    m.start_container()
+    assert m.wait_exit_file(30) == 0, m.describe()
+    got, _ = read_metrics(mdir / f"{m.cid}.prom")
+    records = read_k8s_log(log)
+    out, err = stream_text(records, "stdout"), stream_text(records, "stderr")
+    assert out == (LINE + "\n").encode() * 3000 + b"tail"
+    assert err == b"".join(b"%d\n" % i for i in range(1, 501))
+    assert got[("pyconmon_log_bytes_total", "stdout")] + got[("pyconmon_log_bytes_total", "stderr")] == len(out + err)
+    assert got[("pyconmon_dropped_bytes_total", "log_write")] == len(out + err)
+    assert got[("pyconmon_log_write_errors_total", None)] == 3000 + 500 + 1  # an entry per line
+    assert got[("pyconmon_dropped_bytes_total", "rate_limit")] == 0
+    assert got[("pyconmon_dropped_bytes_total", "global_size_max")] == 0
+    hold.write_text("")
+    m.wait(10)
+    assert read_entries({"CONTAINER_ID_FULL": m.cid}) == []  # none was delivered after all

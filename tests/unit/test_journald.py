@@ -481,6 +481,50 @@ def test_stuck_journal_waits_once_then_drops(sockpath: str) -> None:
         rx.close()
 
 
+def test_entries_not_sent_are_counted_with_their_message_bytes(sockpath: str) -> None:
+    # The metrics' write errors and log_write bytes: one error per entry not sent, its MESSAGE
+    # bytes (after a <N> prefix is taken off); nothing for what was delivered.
+    w = JournaldWriter(CID, None, None, [], socket_path=sockpath, diag=ForgetfulDiag())
+    w.write(2, b"a\nbb\n<4>ccc\n")  # missing socket: 2 + 3 + 4 bytes
+    w.write(3, b"part")
+    w.flush()  # the partial line goes out (is lost) too: 4 bytes
+    assert (w.write_errors, w.lost_bytes) == (4, 13)
+    rx = Receiver(sockpath)
+    try:
+        w.write(2, b"found\n")
+        assert messages(rx.wait(1)) == [b"found\n"]
+        assert (w.write_errors, w.lost_bytes) == (4, 13)
+    finally:
+        rx.close()
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(sockpath)
+    dead.close()  # the file stays, nobody listens: refused
+    w.write(2, b"no\nnot this\n")
+    assert (w.write_errors, w.lost_bytes) == (6, 13 + 3 + 9)
+    w.close()
+
+
+def test_entries_dropped_by_a_stuck_journal_are_counted(sockpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past the bound (WAIT_MS, shortened here) entries are dropped: the counters are exactly
+    # the entries, and their bytes, that journald never got.
+    monkeypatch.setattr(journald, "WAIT_MS", 200)
+    rx = Receiver(sockpath, drain=False)  # takes nothing until started
+    lines = [b"%04d %s\n" % (i, b"z" * (i % 300)) for i in range(400)]
+    try:
+        w = JournaldWriter(CID, None, None, [], socket_path=sockpath, diag=ForgetfulDiag())
+        w.write(2, b"".join(lines))
+        rx.start()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as end:  # queued behind all of the writer's
+            end.sendto(b"MESSAGE=end\n", sockpath)
+        got = messages(rx.wait_for(lambda got: any(p == b"MESSAGE=end\n" for p in got)))[:-1]
+        lost = [x for x in lines if x not in set(got)]
+        assert 0 < len(got) < len(lines)
+        assert (w.write_errors, w.lost_bytes) == (len(lost), sum(map(len, lost)))
+        w.close()
+    finally:
+        rx.close()
+
+
 def test_small_and_big_entries_stay_in_order(sockpath: str, rx: Receiver) -> None:
     # Entries go on a socket per size class, all to the same journald: the order is kept.
     sizes = (10, 3000, 10, 7000, 10, 500, 7000)

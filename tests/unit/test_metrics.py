@@ -106,6 +106,26 @@ def test_buffer_and_writer_counters_come_from_the_monitors_writers(tmp_path):
     sinks.close()
 
 
+def test_journald_entries_not_sent_are_write_errors_and_log_write_bytes(tmp_path):
+    from types import SimpleNamespace
+
+    from pyconmon.journald import JournaldWriter
+    from pyconmon.logsink import LogSinks
+
+    writer = JournaldWriter("c" * 64, None, None, [], socket_path=str(tmp_path / "no-journald"),
+                            diag=RecordingDiag())
+    sinks = LogSinks([writer], RecordingDiag())
+    sinks.write(2, b"one\ntwo\n")
+    sinks.write(3, b"three\n")
+    monitor = SimpleNamespace(limiter=None, sinks=sinks, attach=None, oom_killed=False)
+    reporter = MetricsReporter(str(tmp_path / "m"), "c", "n", EventLoop(), RecordingDiag())
+    reporter.monitor = monitor  # type: ignore[assignment]
+    got = {(k[0], dict(k[1]).get("cause")): v for k, v in parse(render(reporter.families(), {})).items()}
+    assert got[("pyconmon_log_write_errors_total", None)] == 3
+    assert got[("pyconmon_dropped_bytes_total", "log_write")] == len(b"one\ntwo\nthree\n")
+    sinks.close()
+
+
 def test_count_lines_equals_bytes_count():
     from pyconmon.metrics import count_lines
     for data in (b"", b"x", b"\n", b"\n" * 200, b"a\nb", (b"x" * 999 + b"\n") * 70, b"y\n" * 63 + b"z" * 10,
