@@ -165,8 +165,8 @@ class MetricsReporter:
         lost = sum(getattr(w, "lost_bytes", 0) for w in writers)
         dropped = Family("pyconmon_dropped_bytes_total", "counter",
                          "Bytes of container output not logged, by cause (rate_limit: the log rate limit; "
-                         "log_write: a failed log write such as a full disk, or journald entries not sent; global_size_max: "
-                         "--log-global-size-max).")
+                         "log_write: a failed log write such as a full disk, or journald entries not sent; "
+                         "global_size_max: --log-global-size-max).")
         dropped.add(limiter.dropped if limiter else 0, cause="rate_limit")
         dropped.add(lost, cause="log_write")
         dropped.add(sinks.over_budget if sinks is not None else 0, cause="global_size_max")
@@ -174,7 +174,8 @@ class MetricsReporter:
         fams.append(Family("pyconmon_rate_limit_markers_total", "counter",
                            "`dropped N bytes` marker records written to the log.")
                     .add(limiter.markers if limiter else 0))
-        fams.append(Family("pyconmon_log_write_errors_total", "counter", "Failed writes to log files and journald entries not sent.")
+        fams.append(Family("pyconmon_log_write_errors_total", "counter",
+                           "Failed writes to log files, and journald entries not sent.")
                     .add(sum(getattr(w, "write_errors", 0) for w in writers)))
         fams.append(Family("pyconmon_log_rotations_total", "counter",
                            "Log files started afresh (size limit, rotation or a reopen request).")
