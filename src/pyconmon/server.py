@@ -15,7 +15,11 @@ Facts that shape it:
   version starts another server and the old one ends when idle.
 * Only peers of our own uid are served (``SO_PEERCRED``): root serves only
   root, so the server is never a privilege-escalation service.  A peer in
-  other user, mount, pid or cgroup namespaces is told to run classic.
+  other user, mount, pid or cgroup namespaces, with other capabilities
+  (effective, permitted, bounding, inheritable, ambient), no_new_privs,
+  seccomp mode or filter count, or another LSM label than the server's is
+  told to run classic (ZYGOTE.md R8): the runtime and exit command it forks
+  get its own, but the server would act for it with the server's.
 * A dozen fds per container: the soft RLIMIT_NOFILE is raised to the hard one.
 * Every module is imported at start-up: an upgrade replaces the files under a
   running server, which must not then load a module of the new version.
@@ -41,17 +45,50 @@ if TYPE_CHECKING:
 
 IDLE_EXIT_S = 60.0
 NAMESPACES = ("user", "mnt", "pid", "cgroup")
+# /proc/PID/status lines that must be the server's own (absent lines, e.g. on an old kernel, compare as absent)
+PRIVILEGE_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters")
 
 
-def peer_problem(pid: int) -> str | None:
-    """Why a peer can't be served by this process (other namespaces), or None."""
+def peer_problem(pid: int, label_of: Callable[[str], bytes | None] | None = None) -> str | None:
+    """Why a peer can't be served by this process (namespaces, privileges, LSM label), or None."""
     for ns in NAMESPACES:
         try:
             if os.stat(f"/proc/{pid}/ns/{ns}").st_ino != os.stat(f"/proc/self/ns/{ns}").st_ino:
                 return f"other {ns} namespace"
         except OSError:
             return "namespaces unknown"
+    try:
+        theirs, ours = privileges(str(pid)), privileges("self")
+    except OSError:
+        return "privileges unknown"
+    differ = [name for name in PRIVILEGE_FIELDS if theirs.get(name) != ours.get(name)]
+    if differ:
+        return "other " + ", ".join(differ)
+    label_of = label_of or lsm_label
+    if label_of(str(pid)) != label_of("self"):
+        return "other LSM label"
     return None
+
+
+def privileges(pid: str) -> dict[str, str]:
+    """The PRIVILEGE_FIELDS of /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        lines = f.read().splitlines()
+    found = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in PRIVILEGE_FIELDS:
+            found[name] = value.strip()
+    return found
+
+
+def lsm_label(pid: str) -> bytes | None:
+    """The LSM label (/proc/PID/attr/current), None where no LSM provides one (EINVAL)."""
+    try:
+        with open(f"/proc/{pid}/attr/current", "rb") as f:
+            return f.read().rstrip(b"\0\n")
+    except OSError:
+        return None
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

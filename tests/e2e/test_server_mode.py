@@ -602,3 +602,31 @@ def test_runtime_and_exit_command_run_in_the_callers_world(testbed, stub, tmp_pa
         ppid, cgroup, ns, mark = seen.read_text().split("\n")[:4]
         assert int(ppid) == m.pid, (seen.name, json.dumps(seen.read_text()))
         assert (cgroup, ns.strip(), mark) == (mine[0], mine[1], "from-the-caller"), seen.name
+
+
+@pytest.mark.parametrize("wrapper, differ", [
+    (["setpriv", "--no-new-privs"], ["NoNewPrivs"]),
+    (["setpriv", "--bounding-set", "-net_raw"], ["CapPrm", "CapEff", "CapBnd"]),
+], ids=["no_new_privs", "bounding_set"])
+def test_a_caller_with_other_privileges_gets_classic(testbed, stub, classic, tmp_path, wrapper, differ):
+    """ZYGOTE.md R8: the server acts for a caller only with the caller's privileges. A caller that
+    differs from the running server in no_new_privs or capabilities gets a classic monitor, which
+    has the caller's (the fields that differ, and only those), while the server runs on."""
+    import shutil
+    if shutil.which(wrapper[0]) is None:
+        pytest.fail(f"{wrapper[0]} is not installed (see .ci/run)")
+    served = testbed.run(stub, LONG)  # the server is up, started by a caller with the test's privileges
+    assert os.readlink(f"/proc/{served.pid}/exe") == os.path.realpath(stub)
+    (server,) = servers_of(stub)
+    caller = tmp_path / "caller"
+    caller.write_text(f'#!/bin/sh\nexec {" ".join(wrapper)} {stub} "$@"\n')
+    caller.chmod(0o755)
+    m = testbed.run(str(caller), LONG)
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic)
+    fields = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"]
+    mine, theirs = status_fields(server, fields), status_fields(m.pid, fields)
+    assert [f for f in fields if mine[f] != theirs[f]] == differ
+    assert servers_of(stub) == [server]
+    for mon in (served, m):
+        runtime_kill(mon)
+    assert [mon.wait_exit_file(10) for mon in (served, m)] == [137, 137]

@@ -13,13 +13,13 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pyconmon import protocol
-from pyconmon.server import Server, peer_problem
+from pyconmon.server import Server, lsm_label, peer_problem, privileges
 from support.forked import wait_status
 
 KEY = b"test-key"
@@ -177,6 +177,66 @@ def test_idle_server_leaves_a_socket_that_is_not_its_own(sock_dir: Path) -> None
 def test_peer_namespaces() -> None:
     assert peer_problem(os.getpid()) is None
     assert peer_problem(2**22 + 12345) == "namespaces unknown"  # no such process
+
+
+@pytest.fixture
+def peer_under() -> Iterator:
+    """Start ``sleep`` under a wrapper (setpriv, capsh, ...); yield a function that returns its pid."""
+    import subprocess
+    procs: list[subprocess.Popen] = []
+
+    def start(*wrapper: str, ready: Callable[[dict[str, str]], bool] = lambda st: True) -> int:
+        if shutil.which(wrapper[0]) is None:
+            pytest.fail(f"{wrapper[0]} is not installed (see .ci/run)")
+        p = subprocess.Popen(list(wrapper) if "--" in wrapper else [*wrapper, "sleep", "60"])
+        procs.append(p)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until it runs what it execs (the wrapper has applied its change)
+            st = privileges(str(p.pid))
+            if os.readlink(f"/proc/{p.pid}/exe").endswith("/sleep") and ready(st):
+                return p.pid
+            time.sleep(0.01)
+        raise AssertionError(f"{wrapper} did not get to sleep")
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_peer_privileges_field_by_field(peer_under: Callable[..., int]) -> None:
+    """ZYGOTE.md R8: a peer whose capabilities, no_new_privs or seccomp differ from the server's is
+    named with every field that differs (and then runs classic)."""
+    assert peer_problem(peer_under("setpriv", "--no-new-privs")) == "other NoNewPrivs"
+    assert peer_problem(peer_under("setpriv", "--bounding-set", "-net_raw")) == "other CapPrm, CapEff, CapBnd"
+    assert peer_problem(peer_under("setpriv", "--inh-caps", "+net_raw")) == "other CapInh"
+    assert peer_problem(peer_under("capsh", "--drop=cap_sys_admin", "--", "-c", "exec sleep 60")) == \
+        "other CapPrm, CapEff, CapBnd"
+    assert peer_problem(peer_under("env")) is None  # the same privileges: served
+
+
+def test_a_peer_in_seccomp_strict_mode_is_named() -> None:
+    import subprocess
+    import sys
+    code = ("import ctypes, os; ctypes.CDLL(None).prctl(22, 1, 0, 0, 0); os.read(0, 1)")  # PR_SET_SECCOMP, STRICT
+    p = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while privileges(str(p.pid)).get("Seccomp") != "1":
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.01)
+        assert peer_problem(p.pid) == "other Seccomp"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_peer_with_another_lsm_label_is_named() -> None:
+    """Fake labels: this kernel has no LSM that gives processes one (/proc/PID/attr/current: EINVAL)."""
+    labels = {"self": b"system_u:system_r:container_runtime_t:s0", str(os.getpid()): b"unconfined_t"}
+    assert peer_problem(os.getpid(), labels.get) == "other LSM label"
+    assert peer_problem(os.getpid(), lambda pid: b"same") is None
+    assert lsm_label("self") == lsm_label(str(os.getpid()))
 
 
 def test_a_peer_in_another_mount_namespace_goes_classic(server: Server, tmp_path: Path) -> None:
