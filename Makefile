@@ -9,7 +9,8 @@
 #   make podman               ... binary as $(PREFIX)/libexec/podman/conmon instead (no man page)
 #   make crio                 ... binary as $(PREFIX)/libexec/crio/conmon instead (no man page)
 #   make deb                  build/pyconmon_<version>_<arch>.deb (reproducible, see packaging/deb.py)
-#   make test | test-server | bench | bench-docs | lint | clean | uninstall
+#   make test                 the whole suite in classic mode, then the e2e suite in server mode
+#   make test-server | bench | bench-docs | lint | clean | uninstall
 #   make test-crio            the real CRI-O e2e tests alone (tests/crio/setup.sh)
 #
 # DESTDIR is honoured by every install target; the path compiled into the
@@ -191,14 +192,20 @@ deb: check-python
 	$(PYTHON) -I -S packaging/deb.py --root '$(DEB_STAGE)/root' --man '$(DEB_STAGE)/build/conmon.8' \
 		--python '$(PYTHON)' --out '$(BUILDDIR)'
 
+# The README's test story, which CI runs as it is: the whole suite with the classic monitor,
+# then the e2e suite again in server mode. make stops at the first run that fails, so the last
+# pytest summary printed is that of the first failing run, or of the server-mode run if both passed.
 test:
+	@echo '== make test (1 of 2): the whole suite, classic mode =='
 	$(DEV_PYTHON) -m pytest -q tests
+	@$(MAKE) --no-print-directory test-server
 
 # The e2e suite with server mode forced on: the monitor under test is the stub of an install
 # whose mode file says "always" (server mode even if CI runs the tests in a systemd service;
-# the tests that bring their own monitors are left out).
+# the tests that bring their own monitors are left out). Part 2 of `make test`.
 SERVER_TEST_DIR := $(abspath $(BUILDDIR))/server-mode
 test-server:
+	@echo '== make test (2 of 2): the e2e suite, server mode =='
 	rm -rf '$(SERVER_TEST_DIR)'
 	mkdir -p '$(SERVER_TEST_DIR)'
 	echo always >'$(SERVER_TEST_DIR)/mode'

@@ -54,3 +54,31 @@ def test_ci_installs_both_runtimes_and_readies_crun() -> None:
     assert 'if [ -n "$(cat /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null)" ]; then' in script
     assert "mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb" in script
     assert script.index("hugetlb") < script.index("make test")
+
+
+def recipe(makefile: str, target: str) -> list[str]:
+    """The recipe lines of ``target`` in the Makefile's text (tabs stripped)."""
+    lines = makefile.splitlines()
+    start = lines.index(f"{target}:") + 1
+    out = []
+    for line in lines[start:]:
+        if not line.startswith("\t"):
+            break
+        out.append(line[1:].lstrip("@"))  # make's echo-off prefix; "-" (ignore errors) is kept
+    return out
+
+
+def test_make_test_is_the_whole_story_and_ci_runs_just_it() -> None:
+    """README "Tests": `make test` runs the whole suite (classic), then the e2e suite in server
+    mode, in that order, stopping at the first failure; CI runs exactly `make test`."""
+    makefile = (ROOT / "Makefile").read_text()
+    test = [line for line in recipe(makefile, "test") if not line.startswith("echo")]
+    assert test == ["$(DEV_PYTHON) -m pytest -q tests", "$(MAKE) --no-print-directory test-server"]
+    server = recipe(makefile, "test-server")
+    install = next(i for i, line in enumerate(server) if "install ENTRY=stub" in line)
+    run = next(i for i, line in enumerate(server) if "-m pytest -q tests/e2e" in line)
+    assert install < run and server[run].startswith("PYCONMON_TEST_MONITORS=")
+    assert not any(line.startswith("-") or "|| true" in line for line in test + server)  # no failure ignored
+    script = (ROOT / ".ci" / "run").read_text()
+    commands = [line.split("<")[0].strip() for line in script.splitlines() if line.startswith("make")]
+    assert commands[-1] == "make test" and "make test-server" not in commands, commands
