@@ -296,6 +296,17 @@ class AttachServer:
         if not queue:
             self._update_mask(client)
 
+    def flushed(self) -> bool:
+        """Without blocking (the loop sends what the clients take): True once no live client waits
+        for queued output; a client that took nothing for ``CLIENT_STALL_S`` is given up on."""
+        self._drop_stalled()
+        return not any(c.queue for c in self.clients.values())
+
+    def _drop_stalled(self) -> None:
+        now = monotonic()
+        for client in [c for c in self.clients.values() if c.queue and now - c.progress > CLIENT_STALL_S]:
+            self.drop(client, f"Attach client stopped reading: dropped it {client.queued} bytes behind")
+
     def flush_all(self) -> None:
         """Before the clients are closed: deliver what is queued to every client that still reads.
 
@@ -304,9 +315,7 @@ class AttachServer:
         """
         import select
         while True:
-            now = monotonic()
-            for client in [c for c in self.clients.values() if c.queue and now - c.progress > CLIENT_STALL_S]:
-                self.drop(client, f"Attach client stopped reading: dropped it {client.queued} bytes behind")
+            self._drop_stalled()
             waiting = [c for c in self.clients.values() if c.queue]
             if not waiting:
                 return

@@ -75,6 +75,8 @@ class EventLoop:
         self._signal_w = -1
         self._signal_handler: Callable[[int], None] | None = None
         self.on_error: Callable[[Exception], None] | None = None  # None: exceptions propagate
+        self._soon: list[Callable[[], None]] = []  # from other threads (call_soon_threadsafe)
+        self._wake_fd = -1
 
     # -- descriptors -----------------------------------------------------
     def add(self, fd: int, mask: int, callback: FdCallback) -> None:
@@ -103,6 +105,25 @@ class EventLoop:
         timer = Timer(time.monotonic() + delay, callback)
         heapq.heappush(self._timers, timer)
         return timer
+
+    def allow_threads(self) -> None:
+        """In the loop's thread, before other threads use :meth:`call_soon_threadsafe` (an eventfd)."""
+        if self._wake_fd < 0:
+            self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.add(self._wake_fd, EPOLLIN, self._on_wake)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """From any thread (after :meth:`allow_threads`): run ``callback`` in the loop's thread."""
+        self._soon.append(callback)  # list.append is atomic
+        os.eventfd_write(self._wake_fd, 1)
+
+    def _on_wake(self, events: int) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+        while self._soon:
+            self._soon.pop(0)()
 
     # -- signals ---------------------------------------------------------
     def handle_signals(self, signals: tuple[int, ...], handler: Callable[[int], None]) -> None:
@@ -182,6 +203,10 @@ class EventLoop:
 
     def close(self) -> None:
         self.restore_signals()
+        if self._wake_fd >= 0:
+            self.remove(self._wake_fd)
+            os.close(self._wake_fd)
+            self._wake_fd = -1
         self._epoll.close()
         self._callbacks.clear()
         self._masks.clear()

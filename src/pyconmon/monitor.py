@@ -20,6 +20,12 @@ Facts that shape it:
   :meth:`Monitor.steps`, so one loop can drive many monitors.
 * After the container exits, output is drained before the exit files are
   written: once a caller sees the exit file, the log is complete.
+* On a shared loop (server mode, ``shared_loop``) one container's exit must
+  not stall the others: the drain goes in slices of ``DRAIN_SLICE`` bytes
+  with a loop turn between them, attach clients are flushed by the loop
+  (each one's own stall limit still applies), and the log's fsync runs in a
+  worker thread; the exit file is written once it has returned.  Waits that
+  end by themselves call ``resume`` (the driver's hook) when they end.
 """
 
 from __future__ import annotations
@@ -47,9 +53,14 @@ from .syncpipe import SyncPipe
 # Output kept from before the container pid is known: the error of a runtime that failed after
 # sending the pty (crun's exec), as much as is kept of its stderr pipe (stdio.RUNTIME_ERR_MAX).
 PTY_ERROR_MAX = 8192
+# Shared loop (server mode): bytes drained per loop turn after an exit, and how often the attach
+# clients' progress is looked at while they are flushed at an exit.
+DRAIN_SLICE = 1 << 20
+ATTACH_FLUSH_POLL_S = 0.01
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable, Generator
 
     from .attach import AttachServer
@@ -105,6 +116,9 @@ class Monitor:
         self.limiter: DropLimiter | None = None
         self.metrics: MetricsReporter | None = None
         self.early_output = b""  # the first bytes of output before there is a container pid (see below)
+        self.shared_loop = False  # server mode: never block the loop (module note)
+        self.resume: Callable[[], None] = lambda: None  # the driver's: a wait below has ended
+        self._background: threading.Event | None = None  # set when the worker thread is done
 
     # -- signals ------------------------------------------------------------------
     def _forward(self, signum: int) -> None:
@@ -260,7 +274,7 @@ class Monitor:
         self._supervise(pid)  # step 13
         status = yield from self._wait_for_container(pid)
         code = -1 if self.timed_out or status == UNKNOWN_STATUS else exit_code_from_status(status)
-        self._finish_output()  # steps 14-15
+        yield from self._finish_output()  # steps 14-15
         yield self.children.inherited_closed  # at once, unless the stub holds them
         return self._finish(code)  # steps 16-18
 
@@ -349,8 +363,35 @@ class Monitor:
         """Until the container exits; then what is left of its output; its wait status."""
         yield lambda: pid in self.statuses
         if self.stdio is not None:
-            self.stdio.drain()
+            while not self.stdio.drain(DRAIN_SLICE if self.shared_loop else None):
+                yield self._next_turn()
         return self.statuses[pid]
+
+    def _next_turn(self, delay: float = 0.0) -> Callable[[], bool]:
+        """A wait of ``delay`` seconds, at least one loop turn: the others' events are served meanwhile."""
+        fired: list[bool] = []
+
+        def fire() -> None:
+            fired.append(True)
+            self.resume()
+        self.loop.call_later(delay, fire)
+        return lambda: bool(fired)
+
+    def _in_thread(self, work: Callable[[], None]) -> Callable[[], bool]:
+        """Run ``work`` (blocking system calls: they release the GIL) in a thread; a wait for its end."""
+        import threading
+        done = threading.Event()
+        self.loop.allow_threads()
+
+        def run() -> None:
+            try:
+                work()
+            finally:
+                done.set()
+                self.loop.call_soon_threadsafe(self.resume)
+        threading.Thread(target=run, name="pyconmon-exit-sync", daemon=True).start()
+        self._background = done
+        return done.is_set
 
     def _on_loop_error(self, err: Exception) -> None:
         """A callback failed: say where, and keep monitoring the container."""
@@ -441,8 +482,12 @@ class Monitor:
         except OSError:
             pass
 
-    def _finish_output(self) -> None:
-        """After the container's end, before the exit files: last OOM check, logs, clients, fds."""
+    def _finish_output(self) -> Generator[Callable[[], bool], None, None]:
+        """After the container's end, before the exit files: last OOM check, logs, clients, fds.
+
+        On a shared loop the fsync runs in a thread while the loop flushes the
+        attach clients; classic mode does both in place (nothing else waits).
+        """
         opts = self.opts
         if self.oom is not None:
             try:
@@ -452,10 +497,22 @@ class Monitor:
                 self.diag.warn(f"OOM check failed: {err}")
         if self.limiter is not None:
             self.limiter.flush()  # the last `dropped N bytes` marker
+        synced: Callable[[], bool] | None = None
         if self.sinks is not None:
-            self.sinks.finish(not opts.no_sync_log)
+            sinks, sync = self.sinks, not opts.no_sync_log
+            if self.shared_loop:
+                synced = self._in_thread(lambda: sinks.finish(sync))
+            else:
+                sinks.finish(sync)
         if self.attach is not None:
-            self.attach.flush_all()
+            if self.shared_loop:
+                while not self.attach.flushed():
+                    yield self._next_turn(ATTACH_FLUSH_POLL_S)
+            else:
+                self.attach.flush_all()
+        if synced is not None:
+            yield synced
+            self._background = None
         if self.metrics is not None:
             self.metrics.final()  # before the exit file: who sees it finds the final numbers
         self.children.close_inherited([fd for fd in self.inherited if fd != self.sync.fd])
@@ -477,6 +534,8 @@ class Monitor:
         return code & 0xFF  # as conmon: a --sync caller sees the container's code as our status
 
     def teardown(self) -> None:
+        if self._background is not None:
+            self._background.wait()  # the stub went away during the exit fsync: it still uses the log fds
         if self.oom is not None:
             # Registered by this object, so unregistered here: in server mode the loop outlives
             # the container, and a stale entry for a closed fd number made a later container's

@@ -257,6 +257,8 @@ class StubSession:
         self.monitor = Monitor(opts, diag, sync, attach_pipe, None, [], old_oom, self.sinks, self.loop,
                                self.children)
         self.monitor.settings = self.settings
+        self.monitor.shared_loop = True  # never block the other containers (monitor.py's note)
+        self.monitor.resume = self._advance
         self.sinks = None
         self.steps = self.monitor.steps()
         self._advance()

@@ -307,7 +307,7 @@ class ContainerStdio:
             return
         gate.consumed(self.read_source(src, once=True, size=min(allowed, READ_CHUNK)))
 
-    def read_source(self, src: OutputSource, once: bool, size: int = READ_CHUNK) -> int:
+    def read_source(self, src: OutputSource, once: bool, size: int = READ_CHUNK, pace: bool = True) -> int:
         """Read one chunk (``once``, from the loop) or everything there is (``drain``).
 
         Returns the size of the last chunk read (0 if none).
@@ -332,7 +332,7 @@ class ContainerStdio:
                 return 0
             self.on_output(src.stream, data)
             if once:
-                if len(data) < PACE_BELOW:
+                if pace and len(data) < PACE_BELOW:
                     self._pace(src)
                 return len(data)  # one chunk per event: the loop serves the other fds (attach clients!) in between
         return 0
@@ -368,23 +368,33 @@ class ContainerStdio:
         src.eof = True
         self.loop.remove(src.fd)
 
-    def drain(self) -> None:
-        """After the container exited: read everything left, without blocking."""
+    def drain(self, budget: int | None = None) -> bool:
+        """After the container exited: read what is left, without blocking.
+
+        At most about ``budget`` bytes (server mode: the shared loop serves
+        the other containers between slices); True once everything is read.
+        """
+        left = budget
         for src in self.sources:
-            if src.eof:
-                continue
-            if src.is_pty:
-                # A pty may still hold output after a hangup; EIO ends it.
-                while True:
-                    try:
-                        data = os.read(src.fd, READ_CHUNK)
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    self.on_output(src.stream, data)
-                continue
-            self.read_source(src, once=False)
+            while not src.eof:
+                if left is not None and left <= 0:
+                    return False
+                n = self._read_pty_rest(src) if src.is_pty else self.read_source(src, once=True, pace=False)
+                if not n:
+                    break
+                if left is not None:
+                    left -= n
+        return True
+
+    def _read_pty_rest(self, src: OutputSource) -> int:
+        """One chunk of what a pty still holds after a hangup (an error such as EIO ends it); its size."""
+        try:
+            data = os.read(src.fd, READ_CHUNK)
+        except OSError:
+            return 0
+        if data:
+            self.on_output(src.stream, data)
+        return len(data)
 
     # -- input ---------------------------------------------------------------
     def write_stdin(self, data: bytes) -> None:

@@ -536,13 +536,15 @@ def test_the_default_mode_file_is_under_sysconfdir(testbed, installed_conmon):
 
 
 @pytest.mark.one_runtime
-def test_a_slow_fsync_at_one_exit_delays_the_other_containers(testbed, stub):
-    """README: "Sessions share one loop, so a slow fsync ... at one container's exit delays the
-    others". Two containers on one server, the server's fsync delayed 3 s (strace): while it syncs
-    the first container's log at its exit, the second's output is not read (its records, stamped
-    when read, show the gap although it writes every 0.1 s)."""
+def test_a_slow_fsync_at_one_exit_does_not_delay_the_other_containers(testbed, stub):
+    """README: "a container's exit blocks no other: its log is fsynced in a worker thread (the exit
+    file is written after it) ...". Two containers on one server, the server's fsync delayed 3 s
+    (strace, every thread): the first container's exit file comes only after its slow fsync, and
+    meanwhile the second's output is read on (its records, stamped when read, show no gap of
+    even 1 s although it writes every 0.1 s)."""
     import shutil
     import subprocess
+    import time
 
     from support.harness import parse_k8s_timestamp
     strace = shutil.which("strace")
@@ -557,8 +559,10 @@ def test_a_slow_fsync_at_one_exit_delays_the_other_containers(testbed, stub):
     try:
         poll_until(lambda: "TracerPid:\t0\n" not in proc_text(server, "status").decode(), what="strace to attach")
         poll_until(lambda: len(ticker.log_records()) >= 5, what="the ticker to log")
+        killed = time.monotonic()
         runtime_kill(quiet)
-        assert quiet.wait_exit_file(15) == 137  # after the (slow) fsync of its log
+        assert quiet.wait_exit_file(15) == 137
+        assert time.monotonic() - killed > 2.5  # the exit file waited for the (slow) fsync
         count = len(ticker.log_records())
         poll_until(lambda: len(ticker.log_records()) >= count + 5, what="the ticker to go on")
     finally:
@@ -568,7 +572,7 @@ def test_a_slow_fsync_at_one_exit_delays_the_other_containers(testbed, stub):
     assert ticker.wait_exit_file(10) == 137
     stamps = [parse_k8s_timestamp(r.timestamp) for r in ticker.log_records()]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
-    assert max(gaps) > 2.0, gaps
+    assert max(gaps) < 1.0, gaps
 
 
 def test_runtime_and_exit_command_run_in_the_callers_world(testbed, stub, tmp_path):

@@ -299,6 +299,42 @@ def test_flush_all_delivers_the_backlog(harness):
     assert not client.queue and client.queued == 0
 
 
+def test_flushed_leaves_the_sending_to_the_loop(harness):
+    """Server mode's exit: ``flushed()`` never blocks; the loop delivers the backlog meanwhile."""
+    c = harness.connect()
+    sent = b"".join(chunk(i, 65536) for i in range(32))
+    for i in range(32):
+        harness.server.broadcast(STDOUT, sent[i * 65536:(i + 1) * 65536])
+    t0 = time.monotonic()
+    assert not harness.server.flushed()  # nothing read yet: queued output waits, without blocking
+    assert time.monotonic() - t0 < 0.5
+    got = bytearray()
+
+    def reader():
+        while len(got) < len(sent):
+            pkt = c.recv(65536)
+            if not pkt:
+                return
+            got.extend(pkt[1:])
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert harness.loop.run_until(harness.server.flushed, timeout=10)
+    t.join(5)
+    assert bytes(got) == sent
+
+
+def test_flushed_gives_up_on_a_stalled_client(harness, monkeypatch):
+    harness.connect()
+    for i in range(32):
+        harness.server.broadcast(STDOUT, chunk(i, 65536))
+    (client,) = harness.server.clients.values()
+    assert not harness.server.flushed()
+    monkeypatch.setattr(client, "progress", client.progress - attach.CLIENT_STALL_S - 1)
+    assert harness.server.flushed()
+    assert harness.server.clients == {}
+
+
 def test_close_unlinks_and_disconnects(short_dir):
     h = Harness(short_dir)
     try:

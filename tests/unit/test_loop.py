@@ -152,6 +152,19 @@ def test_timer_wakes_a_blocking_run_once(loop):
     assert time.monotonic() - start < 1
 
 
+def test_a_callback_from_another_thread_wakes_a_blocking_run_once(loop):
+    import threading
+    ran = []
+    loop.allow_threads()
+    worker = threading.Thread(target=lambda: loop.call_soon_threadsafe(lambda: ran.append(threading.get_ident())))
+    t0 = time.monotonic()
+    worker.start()
+    assert loop.run_until(lambda: bool(ran), timeout=5)
+    worker.join()
+    assert ran == [threading.get_ident()]  # run in the loop's thread
+    assert time.monotonic() - t0 < 2
+
+
 def test_run_until_timeout(loop):
     start = time.monotonic()
     assert loop.run_until(lambda: False, timeout=0.1) is False

@@ -109,6 +109,20 @@ def test_drain_reads_everything_left(h):
     assert all(s.eof for s in h.stdio.sources)
 
 
+def test_drain_in_slices_on_a_shared_loop(h):
+    """Server mode drains about a budget per loop turn (a read may pass it); the slices add up to all."""
+    h.stdio.make_pipes(want_stdin=False)
+    _, cout, cerr = h.stdio.child_fds
+    big = os.urandom(900 << 10)
+    os.write(cout, big)
+    os.write(cerr, b"tail")
+    assert not h.stdio.drain(64 << 10)  # the budget went on stdout: stderr waits for the next turn
+    assert h.stream(STDOUT) == big
+    assert h.stream(STDERR) == b""
+    assert h.stdio.drain(64 << 10)
+    assert h.stream(STDERR) == b"tail"
+
+
 def _write_in_thread(fd: int, data: bytes) -> threading.Thread:
     """A writer that blocks while the pipe is full, as a runtime does."""
     t = threading.Thread(target=lambda: os.write(fd, data), daemon=True)
