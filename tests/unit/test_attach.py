@@ -274,17 +274,12 @@ def test_client_too_far_behind_is_dropped(harness, monkeypatch):
     assert behind > 1 << 20
 
 
-def test_flush_all_delivers_the_backlog(harness):
-    c = harness.connect()
-    sent = b"".join(chunk(i, 65536) for i in range(32))  # 2 MiB: far more than the socket buffer holds
-    for i in range(32):
-        harness.server.broadcast(STDOUT, sent[i * 65536:(i + 1) * 65536])
-    (client,) = harness.server.clients.values()
-    assert client.queue  # the client hasn't read anything yet
+def read_in_thread(c, size):
+    """A thread reading ``size`` payload bytes from client ``c``: (thread, what it got so far)."""
     got = bytearray()
 
     def reader():
-        while len(got) < len(sent):
+        while len(got) < size:
             pkt = c.recv(65536)
             if not pkt:
                 return
@@ -292,6 +287,17 @@ def test_flush_all_delivers_the_backlog(harness):
 
     t = threading.Thread(target=reader)
     t.start()
+    return t, got
+
+
+def test_flush_all_delivers_the_backlog(harness):
+    c = harness.connect()
+    sent = b"".join(chunk(i, 65536) for i in range(32))  # 2 MiB: far more than the socket buffer holds
+    for i in range(32):
+        harness.server.broadcast(STDOUT, sent[i * 65536:(i + 1) * 65536])
+    (client,) = harness.server.clients.values()
+    assert client.queue  # the client hasn't read anything yet
+    t, got = read_in_thread(c, len(sent))
     harness.server.flush_all()
     t.join(5)
     assert not t.is_alive()
@@ -308,17 +314,7 @@ def test_flushed_leaves_the_sending_to_the_loop(harness):
     t0 = time.monotonic()
     assert not harness.server.flushed()  # nothing read yet: queued output waits, without blocking
     assert time.monotonic() - t0 < 0.5
-    got = bytearray()
-
-    def reader():
-        while len(got) < len(sent):
-            pkt = c.recv(65536)
-            if not pkt:
-                return
-            got.extend(pkt[1:])
-
-    t = threading.Thread(target=reader)
-    t.start()
+    t, got = read_in_thread(c, len(sent))
     assert harness.loop.run_until(harness.server.flushed, timeout=10)
     t.join(5)
     assert bytes(got) == sent
