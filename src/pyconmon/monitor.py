@@ -56,6 +56,7 @@ PTY_ERROR_MAX = 8192
 # Shared loop (server mode): bytes drained per loop turn after an exit, and how often the attach
 # clients' progress is looked at while they are flushed at an exit.
 DRAIN_SLICE = 1 << 20
+SHARED_READ_CHUNK = 128 << 10
 ATTACH_FLUSH_POLL_S = 0.01
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up
@@ -181,6 +182,8 @@ class Monitor:
         console = None
         if not self.passthrough:
             self.stdio = stdio = ContainerStdio(self.loop, self.diag, self._on_output)
+            if self.shared_loop:
+                stdio.read_size = SHARED_READ_CHUNK  # one container's read and format: one loop turn
             if opts.terminal:
                 console = stdio.make_console_socket(self.children.environ.get("TMPDIR") or "/tmp")
                 stdio.on_pty = self._on_pty

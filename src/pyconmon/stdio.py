@@ -96,6 +96,7 @@ class ContainerStdio:
         self.loop = loop
         self.diag = diag
         self.on_output = on_output
+        self.read_size = READ_CHUNK  # per read from the loop (smaller on a shared loop: monitor.py)
         self.sources: list[OutputSource] = []
         self.child_fds: list[int] = []  # fds for the runtime child's 0, 1, 2 (-1 = /dev/null)
         self.stdin_fd = -1
@@ -295,7 +296,7 @@ class ContainerStdio:
             self._on_stdin_writable(events)
         if events & (EPOLLIN | EPOLLHUP | EPOLLERR):
             if self.gate is None:
-                self.read_source(src, once=True)
+                self.read_source(src, once=True, size=self.read_size)
             else:
                 self._read_gated(src, self.gate)
 
@@ -305,7 +306,7 @@ class ContainerStdio:
         if not allowed:
             self._pace(src, wait)  # the container's writes wait on the full pipe meanwhile
             return
-        gate.consumed(self.read_source(src, once=True, size=min(allowed, READ_CHUNK)))
+        gate.consumed(self.read_source(src, once=True, size=min(allowed, self.read_size)))
 
     def read_source(self, src: OutputSource, once: bool, size: int = READ_CHUNK, pace: bool = True) -> int:
         """Read one chunk (``once``, from the loop) or everything there is (``drain``).
