@@ -179,6 +179,10 @@ def test_constants_the_policy_text_names() -> None:
     assert ratelimit.MARKER_INTERVAL == 1.0
     assert README.count("1 MiB pipe") >= 2
     assert stdio.PIPE_SIZE == 1 << 20
+    # Performance, "How": "read in chunks of up to 1 MiB (128 KiB in server mode ...)"
+    from pyconmon import monitor
+    assert "read in chunks of up to 1 MiB (128 KiB in server mode" in README.replace("\n", " ")
+    assert (stdio.READ_CHUNK, monitor.SHARED_READ_CHUNK) == (1 << 20, 128 << 10)
 
 
 def test_module_table_names_every_module() -> None:
