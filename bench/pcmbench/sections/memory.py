@@ -65,7 +65,7 @@ class Memory(Section):
             flood_wall = time.monotonic() - t0
             status = proc_kv(f"/proc/{pid}/status")
             after = {"VmHWM": status["VmHWM"], "VmRSS": status["VmRSS"]}
-            H._runc(["kill", run.cid, "KILL"])
+            H.runc_kill(run.cid)
             run.wait_exit(30)
             cpu = run.monitor_cpu()
             check_stream(k8s_stream(run.log_path), flood.expected(then=MARKER), f"memory flood {mon.name}")
