@@ -43,6 +43,10 @@ find_go() {
     go_ok "$GO" || { echo "build.sh: $GO is not Go >= 1.26.3" >&2; exit 1; }
 }
 unset GOFLAGS                 # a -mod=... GOFLAGS breaks `go install pkg@version`
+# go needs a cache and a module directory: under $HOME, or here where CI gives no HOME.
+if [ -z "${HOME:-}" ]; then
+    export GOPATH=${GOPATH:-/var/cache/pyconmon-crio/gopath} GOCACHE=${GOCACHE:-/var/cache/pyconmon-crio/gocache}
+fi
 export CGO_ENABLED=1 GOTOOLCHAIN=local
 # Two shared cores: at most two compile jobs at a time.
 export GOMAXPROCS=${GOMAXPROCS:-2}
