@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from pyconmon import protocol
-from support.harness import poll_until, runtime_kill
+from support.harness import poll_until, runtime_kill, server_pids
 from support.installed import install_podman_conmon
 from support.installed import unavailable_reason as install_unavailable
 
@@ -42,19 +42,7 @@ def classic(stub):
 def servers_of(stub):
     """Pids of the running servers of this install (their command line names its lib dir)."""
     prefix = os.path.dirname(os.path.dirname(os.path.dirname(stub)))
-    lib = os.path.join(prefix, "lib", "pyconmon").encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0] == b"pyconmon-server" and any(lib in a for a in argv):
-            found.append(int(name))
-    return found
+    return server_pids(os.path.join(prefix, "lib", "pyconmon"))
 
 
 def server_socket(pid):

@@ -488,6 +488,19 @@ def proc_cmdline(pid):
         return b""
 
 
+def server_pids(lib_dir):
+    """Pids of the running pyconmon servers of the install whose package dir is ``lib_dir``
+    (``<prefix>/lib/pyconmon``: a server's command line names it)."""
+    lib = os.fsencode(lib_dir)
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            argv = proc_cmdline(name).split(b"\0")
+            if argv[0] == b"pyconmon-server" and any(lib in a for a in argv):
+                found.append(int(name))
+    return found
+
+
 def _is_monitor_of(pid, cid):
     """True if ``pid`` still runs a command line naming ``cid`` (guards against pid reuse)."""
     return cid.encode() in proc_cmdline(pid).split(b"\0")

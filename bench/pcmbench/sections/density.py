@@ -24,7 +24,7 @@ import subprocess
 import time
 
 from ..container import Monitor, Run
-from ..system import REPO, BenchFailure, proc_kv, run_quiet
+from ..system import REPO, BenchFailure, H, proc_kv, run_quiet
 from . import Row, Section, register
 
 COUNTS = (10, 50, 200)
@@ -50,18 +50,7 @@ def no_static_libc():
 
 def server_pids(libdir):
     """The pyconmon-server processes of the install whose package dir is ``libdir``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv[0] == b"pyconmon-server" and any(libdir.encode() in a for a in argv):
-            found.append(int(name))
-    return found
+    return H.server_pids(libdir)
 
 
 def server_mode_install(bench):
