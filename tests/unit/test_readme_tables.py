@@ -205,10 +205,10 @@ def test_the_configuration_file_paths_in_order() -> None:
 
 
 def test_ten_times_c_conmons_private_memory_is_what_the_benchmark_measured() -> None:
-    """Server mode's opening: a classic monitor is "about ten times C conmon's private memory (the
+    """Server mode's opening: a classic monitor is "more than ten times C conmon's private memory (the
     idle-memory rows under Performance)": the ratio in docs/performance.json, from which they come."""
     import json
-    assert "about ten times C conmon's private memory" in README.replace("\n", " ")
+    assert "more than ten times C conmon's private memory" in README.replace("\n", " ")
     results = json.loads((Path(__file__).resolve().parents[2] / "docs" / "performance.json").read_text())
     ratio = results["summary"]["memory/idle_private_dirty_mb"]["ratio"]
-    assert 7.5 <= ratio <= 13.5, ratio
+    assert 10 < ratio, ratio
