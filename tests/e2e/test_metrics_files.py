@@ -92,9 +92,10 @@ def test_updated_while_running_with_rotations(testbed, policy_conmon, config_fil
 
 
 def held_exit(tmp_path):
-    """An exit command that waits for ``hold`` to exist: the monitor, and its final metrics file, stay."""
+    """An exit command that waits for ``hold`` to exist: the monitor, and its final metrics file, stay.
+    It gives up after 60 s, so a test that fails before writing ``hold`` leaves no process behind."""
     hold = tmp_path / "hold"
-    return hold, ["/bin/sh", "-c", f"while [ ! -e {hold} ]; do sleep 0.05; done"]
+    return hold, ["/bin/sh", "-c", f"i=0; while [ ! -e {hold} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"]
 
 
 def test_full_disk_is_counted_as_write_errors_and_lost_record_bytes(testbed, policy_conmon, config_file,
