@@ -10,7 +10,7 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.harness import join_lines, poll_until, read_attach_in_thread, read_k8s_log, stream_text
+from support.harness import held_exit_command, join_lines, poll_until, read_attach_in_thread, read_k8s_log, stream_text
 from support.journald_service import read_entries
 
 LINE = "m" * 99
@@ -39,7 +39,7 @@ def test_final_numbers_equal_the_log_and_the_file_goes_at_exit(testbed, policy_c
     hold = tmp_path / "hold"
     script = f"yes {LINE} | head -c 5000000; echo bye >&2"
     m = testbed.run(policy_conmon, ["sh", "-c", script], start=False, name="metr",
-                    exit_command=["/bin/sh", "-c", f"while [ ! -e {hold} ]; do sleep 0.05; done"])
+                    exit_command=held_exit_command(hold))
     attached = read_attach_in_thread(m)
     m.start_container()
     assert m.wait_exit_file(30) == 0
@@ -92,10 +92,9 @@ def test_updated_while_running_with_rotations(testbed, policy_conmon, config_fil
 
 
 def held_exit(tmp_path):
-    """An exit command that waits for ``hold`` to exist: the monitor, and its final metrics file, stay.
-    It gives up after 60 s, so a test that fails before writing ``hold`` leaves no process behind."""
+    """An exit command that waits for ``hold`` to exist: the monitor, and its final metrics file, stay."""
     hold = tmp_path / "hold"
-    return hold, ["/bin/sh", "-c", f"i=0; while [ ! -e {hold} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"]
+    return hold, held_exit_command(hold)
 
 
 def test_full_disk_is_counted_as_write_errors_and_lost_record_bytes(testbed, policy_conmon, config_file,

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from support.harness import pid_alive, poll_until, read_k8s_log, stream_text
+from support.harness import held_exit_command, pid_alive, poll_until, read_k8s_log, stream_text
 
 LINES = 1_000_000  # "%7d\n": 8 MB
 SCRIPT = f"seq 1000000 {1000000 + LINES - 1}"
@@ -34,13 +34,18 @@ def traced(pid):
     return True
 
 
-def slow_disk(pid):
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(pid),
-                               "-e", "trace=write,writev,fsync", "-e",
-                               f"inject=write,writev,fsync:delay_enter={DELAY_US}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def strace_attached(pid, *expressions, out="/dev/null"):
+    """strace (``-e EXPR`` each) on every thread of ``pid``, once it is attached; the caller ends it."""
+    argv = ["strace", "-f", "-qq", "-o", str(out), "-p", str(pid)]
+    for expr in expressions:
+        argv += ["-e", expr]
+    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     poll_until(lambda: traced(pid), what="strace to attach to every thread of the monitor")
     return tracer
+
+
+def slow_disk(pid):
+    return strace_attached(pid, "trace=write,writev,fsync", f"inject=write,writev,fsync:delay_enter={DELAY_US}")
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffer", "no-buffer"])
@@ -85,10 +90,8 @@ def test_sync_policy_counts_fsyncs(testbed, policy_conmon, config_file, tmp_path
         config_file(conf)
     m = testbed.run(policy_conmon, ["sh", "-c", "seq 1 100000"], start=False, log_size_max=200_000)
     out = tmp_path / "trace"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", str(out), "-p", str(m.monitor_pid()),
-                               "-e", "trace=fsync,rename"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracer = strace_attached(m.monitor_pid(), "trace=fsync,rename", out=out)
     try:
-        poll_until(lambda: traced(m.monitor_pid()), what="strace to attach")
         m.start_container()
         assert m.wait_exit_file(60) == 0
     finally:
@@ -143,12 +146,9 @@ def test_a_full_buffer_waits_loses_nothing_and_is_counted(testbed, policy_conmon
     config_file(f'[log]\nbuffer = "1M"\n[metrics]\ndir = "{mdir}"\ninterval = 3600\n')
     hold = tmp_path / "hold"
     m = testbed.run(policy_conmon, ["sh", "-c", SCRIPT], start=False,
-                    exit_command=["/bin/sh", "-c", f"while [ ! -e {hold} ]; do sleep 0.05; done"])
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(m.monitor_pid()),
-                               "-e", "trace=write,writev", "-e", "inject=write,writev:delay_enter=200000"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    exit_command=held_exit_command(hold))
+    tracer = strace_attached(m.monitor_pid(), "trace=write,writev", "inject=write,writev:delay_enter=200000")
     try:
-        poll_until(lambda: traced(m.monitor_pid()), what="strace to attach to every thread of the monitor")
         m.start_container()
         assert m.wait_exit_file(120) == 0
     finally:

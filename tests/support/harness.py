@@ -488,6 +488,13 @@ def proc_cmdline(pid):
         return b""
 
 
+def held_exit_command(hold):
+    """An exit command that waits for the file ``hold`` to exist, so the monitor (and what it leaves
+    until it exits) stays.  It gives up after 60 s: a test that fails before creating ``hold`` leaves
+    no process behind."""
+    return ["/bin/sh", "-c", f"i=0; while [ ! -e {hold} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"]
+
+
 def server_pids(lib_dir):
     """Pids of the running pyconmon servers of the install whose package dir is ``lib_dir``
     (``<prefix>/lib/pyconmon``: a server's command line names it)."""
