@@ -68,7 +68,11 @@ static int g_inherited[MAX_INHERITED];
 static int g_n_inherited;
 static pid_t g_runtime_pid, g_target_pid;
 static int g_pidfd = -1;
-static int g_keep_out = -1, g_keep_err = -1; /* our copies of the output pipes' read ends */
+/* Our copies of the container's descriptors, for a takeover (src/pyconmon/takeover.py: KEPT,
+ * the same names in the same order). */
+static const char *const KEPT[] = {"in", "out", "err", "pty", "attach", "ctl", "ctlw", "winsz", "winszw"};
+#define N_KEPT (int)(sizeof KEPT / sizeof KEPT[0])
+static int g_kept[N_KEPT] = {-1, -1, -1, -1, -1, -1, -1, -1, -1};
 static int g_runtime_reaped, g_runtime_status, g_target_status;
 static char g_old_oom[32];
 static char *g_packet;
@@ -520,30 +524,58 @@ static void reset_child_signals(void)
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* 'F' flags, stdio map, kept read ends, preserve count, argc, argv..., env...
- * fds: the child's stdio (as the map says), then the read ends to keep. */
+/* 'P' names...: keep each fd under its name (one sent again replaces the earlier). */
+static void keep_fds(char **f, int nf, int *fds, int nfds)
+{
+    for (int i = 0; i < nfds; i++) {
+        int slot = -1;
+        for (int k = 0; i < nf && k < N_KEPT; k++)
+            if (strcmp(f[i], KEPT[k]) == 0)
+                slot = k;
+        if (slot < 0) {
+            close(fds[i]);
+            continue;
+        }
+        if (g_kept[slot] >= 0)
+            close(g_kept[slot]);
+        g_kept[slot] = fds[i];
+    }
+}
+
+/* 'D' name: the server closed its own (the stdin pipe at EOF): so must we. */
+static void drop_fd(char **f, int nf)
+{
+    for (int k = 0; nf > 0 && k < N_KEPT; k++)
+        if (strcmp(f[0], KEPT[k]) == 0 && g_kept[k] >= 0) {
+            close(g_kept[k]);
+            g_kept[k] = -1;
+        }
+}
+
+/* 'F' flags, stdio map, preserve count, argc, argv..., env...
+ * fds: the child's stdio (as the map says). */
 static void fork_runtime(char **f, int nf, int *fds, int nfds)
 {
     char errbuf[256];
     size_t len;
     int argc;
-    if (nf < 6 || (argc = atoi(f[4])) < 1 || 5 + argc > nf)
+    if (nf < 5 || (argc = atoi(f[3])) < 1 || 4 + argc > nf)
         goto bad;
-    const char *flags = f[0], *map = f[1], *keep = f[2];
-    int preserve = atoi(f[3]);
+    const char *flags = f[0], *map = f[1];
+    int preserve = atoi(f[2]);
     int nchild = 0;
     for (const char *m = map; *m; m++)
         nchild += *m != '-';
-    if (nchild + (int)strlen(keep) != nfds)
+    if (nchild != nfds)
         goto bad;
     char **argv = calloc((size_t)argc + 1, sizeof *argv);
-    char **env = calloc((size_t)(nf - 5 - argc) + 2, sizeof *env);
+    char **env = calloc((size_t)(nf - 4 - argc) + 2, sizeof *env);
     if (!argv || !env)
         goto bad;
     for (int i = 0; i < argc; i++)
-        argv[i] = f[5 + i];
+        argv[i] = f[4 + i];
     int ne = 0;
-    for (int i = 5 + argc; i < nf; i++)
+    for (int i = 4 + argc; i < nf; i++)
         env[ne++] = f[i];
     pid_t pid = fork();
     if (pid == 0) {
@@ -580,16 +612,8 @@ static void fork_runtime(char **f, int nf, int *fds, int nfds)
     int err = errno;
     free(argv);
     free(env);
-    for (int i = 0; i < nchild; i++)
+    for (int i = 0; i < nfds; i++)
         close(fds[i]);
-    for (int i = nchild; i < nfds; i++) {
-        if (keep[i - nchild] == '2' && g_keep_out < 0)
-            g_keep_out = fds[i];
-        else if (keep[i - nchild] == '3' && g_keep_err < 0)
-            g_keep_err = fds[i];
-        else
-            close(fds[i]);
-    }
     if (pid < 0) {
         snprintf(errbuf, sizeof errbuf, "R0%c%s", 0, strerror(err));
         len = 3 + strlen(strerror(err)) + 1;
@@ -662,28 +686,36 @@ static void quit(char **f, int nf)
 }
 
 /* The server went away.  Before the runtime runs: the classic monitor takes
- * over (resumed: no start byte, no fork).  After: nobody reads the
+ * over (resumed: no start byte, no fork).  After: it adopts the container with
+ * what we kept; with nothing kept (no server ever sent 'P'), nobody reads the
  * container's output any more, as when C conmon is killed. */
 static void server_lost(void)
 {
+    int kept = 0;
+    for (int k = 0; k < N_KEPT; k++)
+        kept |= g_kept[k] >= 0;
     if (!g_runtime_pid && g_sync_fd >= 0)
         exec_classic(1);
-    if (g_runtime_pid && g_sync_fd >= 0 && (g_keep_out >= 0 || g_keep_err >= 0)) {
+    if (g_runtime_pid && g_sync_fd >= 0 && kept) {
         /* The runtime has been forked: wait for it, then the classic monitor adopts the
-         * container with our copies of its output pipes (src/pyconmon/takeover.py). */
+         * container with our copies of its pipes, pty, attach listener and FIFOs
+         * (src/pyconmon/takeover.py). */
         int status;
         pid_t pid;
         while (!g_runtime_reaped && ((pid = waitpid(-1, &status, 0)) > 0 || errno == EINTR))
             if (pid > 0)
                 note_status(pid, status);
         if (g_runtime_reaped) {
-            char adopt[160], target_status[24] = "x";
+            char adopt[256], target_status[24] = "x";
+            int len;
             if (reaped_target)
                 snprintf(target_status, sizeof target_status, "%d", g_target_status);
-            snprintf(adopt, sizeof adopt, "%d %d %d %d %d %s", g_runtime_status, g_target_pid ? 1 : 0, g_keep_out,
-                     g_keep_err, (int)g_target_pid, target_status);
-            keep_across_exec(g_keep_out);
-            keep_across_exec(g_keep_err);
+            len = snprintf(adopt, sizeof adopt, "%d %d %d %s", g_runtime_status, g_target_pid ? 1 : 0,
+                           (int)g_target_pid, target_status);
+            for (int k = 0; k < N_KEPT; k++) {
+                len += snprintf(adopt + len, sizeof adopt - (size_t)len, " %d", g_kept[k]);
+                keep_across_exec(g_kept[k]);
+            }
             setenv("_PYCONMON_ADOPT", adopt, 1);
             exec_classic(1);
         }
@@ -761,6 +793,14 @@ static void serve(void)
             switch (g_packet[0]) {
             case 'F':
                 fork_runtime(f, nf, fds, nfds);
+                break;
+            case 'P':
+                keep_fds(f, nf, fds, nfds);
+                break;
+            case 'D':
+                drop_fd(f, nf);
+                for (int i = 0; i < nfds; i++)
+                    close(fds[i]);
                 break;
             case 'W':
                 if (nf > 0)

@@ -93,7 +93,8 @@ class AttachServer:
 
     def __init__(self, loop: EventLoop, diag: Diagnostics, bundle: str, socket_dir: str | None,
                  cuuid: str | None, full_attach: bool, on_input: Callable[[bytes], None],
-                 on_client_eof: Callable[[], None]) -> None:
+                 on_client_eof: Callable[[], None], listener: int | None = None) -> None:
+        """``listener``: a socket already bound and listening at the path (taken over, takeover.py)."""
         self.loop = loop
         self.diag = diag
         self.on_input = on_input
@@ -110,12 +111,23 @@ class AttachServer:
             directory = bundle
         else:
             self.link = link_path(socket_dir, cuuid)
-            os.makedirs(socket_dir, exist_ok=True)
-            if os.path.lexists(self.link):
-                os.unlink(self.link)
-            os.symlink(bundle, self.link)
+            if listener is None:
+                os.makedirs(socket_dir, exist_ok=True)
+                if os.path.lexists(self.link):
+                    os.unlink(self.link)
+                os.symlink(bundle, self.link)
             directory = self.link
         self.path = os.path.join(directory, "attach")
+        if listener is not None:
+            # Clients that connected while nobody accepted wait in its backlog.
+            self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, listener)
+            self.sock.setblocking(False)
+        else:
+            self.sock = self._bind(directory)
+        loop.add(self.sock.fileno(), EPOLLIN, self._on_listen)
+
+    @staticmethod
+    def _bind(directory: str) -> _socket.socket:
         dirfd = os.open(directory, os.O_PATH | os.O_CLOEXEC)
         sock = _socket.socket(_socket.AF_UNIX, _SOCK_FLAGS)
         try:
@@ -126,8 +138,7 @@ class AttachServer:
         finally:
             os.close(dirfd)
         sock.listen(10)
-        self.sock = sock
-        loop.add(sock.fileno(), EPOLLIN, self._on_listen)
+        return sock
 
     # -- connections ---------------------------------------------------------
     def _on_listen(self, events: int) -> None:

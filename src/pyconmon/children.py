@@ -71,6 +71,13 @@ class Children:
         """Run the exit command after ``delay`` seconds; its exit code."""
         raise NotImplementedError
 
+    def keep(self, fds: dict[str, int]) -> None:
+        """Copies of these descriptors (named as in takeover.KEPT) for a classic monitor that takes
+        the container over should this process go away (server mode; nothing to do in classic)."""
+
+    def drop(self, name: str) -> None:
+        """The copy kept of ``name`` must go: the monitor closed its own (the stdin pipe at EOF)."""
+
 
 class LocalChildren(Children):
     """Forks, reaps and signals in this process (classic mode)."""

@@ -112,7 +112,14 @@ def resize_pty(fd: int, rows: int, cols: int) -> None:
 class Fifo:
     """A FIFO the monitor reads, with its own spare writer."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, ends: tuple[int, int] | None = None) -> None:
+        """``ends``: the read and write ends of the FIFO already at ``path`` (taken over, takeover.py)."""
+        self.path = path
+        self.lines = LineBuffer()
+        if ends is not None:
+            self.rfd, self.wfd = ends  # lines written while nobody read wait in it
+            os.set_blocking(self.rfd, False)
+            return
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -123,10 +130,8 @@ class Fifo:
                 os.unlink(path)
         os.mkfifo(path, 0o660)
         os.chmod(path, 0o660)
-        self.path = path
         self.rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self.wfd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        self.lines = LineBuffer()
 
     def read_lines(self) -> list[bytes]:
         try:
@@ -144,13 +149,15 @@ class ControlFifos:
     """``ctl`` and ``winsz`` in one directory, dispatching resize and reopen."""
 
     def __init__(self, loop: EventLoop, diag: Diagnostics, directory: str,
-                 resize: Callable[[int, int], None], reopen: Callable[[], None]) -> None:
+                 resize: Callable[[int, int], None], reopen: Callable[[], None],
+                 adopted: tuple[tuple[int, int], tuple[int, int]] | None = None) -> None:
+        """``adopted``: the (read, write) ends of ``ctl`` and ``winsz``, if taken over."""
         self.loop = loop
         self.diag = diag
         self.resize = resize
         self.reopen = reopen
-        self.ctl = Fifo(os.path.join(directory, "ctl"))
-        self.winsz = Fifo(os.path.join(directory, "winsz"))
+        self.ctl = Fifo(os.path.join(directory, "ctl"), adopted[0] if adopted else None)
+        self.winsz = Fifo(os.path.join(directory, "winsz"), adopted[1] if adopted else None)
         loop.add(self.ctl.rfd, EPOLLIN, self._on_ctl)
         loop.add(self.winsz.rfd, EPOLLIN, self._on_winsz)
 

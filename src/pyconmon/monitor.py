@@ -48,6 +48,7 @@ from .process import (
     write_file_atomic,
 )
 from .runtime import ListenPidError, listen_pid_env, preserved_fd_count, runtime_argv
+from .streams import STDOUT
 from .syncpipe import SyncPipe
 
 # Output kept from before the container pid is known: the error of a runtime that failed after
@@ -162,6 +163,8 @@ class Monitor:
             self.stdio.resize(rows, cols)
 
     def _on_pty(self) -> None:
+        assert self.stdio is not None
+        self.children.keep({"pty": self.stdio.pty_master})
         # Apply a size that came before the pty at once: the runtime exec's the process
         # right after sending the pty, and it may look at its size before the runtime exits.
         if self.winsize is not None:
@@ -184,13 +187,16 @@ class Monitor:
             self.stdio = stdio = ContainerStdio(self.loop, self.diag, self._on_output)
             if self.shared_loop:
                 stdio.read_size = SHARED_READ_CHUNK  # one container's read and format: one loop turn
+            adopted = self.adopted
             if opts.terminal:
-                console = stdio.make_console_socket(self.children.environ.get("TMPDIR") or "/tmp")
                 stdio.on_pty = self._on_pty
-            elif self.adopted is not None:  # the pipes a server-mode stub kept
-                stdio.adopt_pipes(self.adopted.out_fd, self.adopted.err_fd)
+            if adopted is not None:  # what a server-mode stub kept (takeover.py)
+                stdio.adopt(adopted.in_fd, adopted.out_fd, adopted.err_fd, adopted.pty_fd)
+            elif opts.terminal:
+                console = stdio.make_console_socket(self.children.environ.get("TMPDIR") or "/tmp")
             else:
                 stdio.make_pipes(opts.stdin)
+            stdio.on_stdin_closed = lambda: self.children.drop("in")
             if self.sinks is not None:
                 self.sinks.attach_loop(self.loop, lambda full: stdio.pause_output(full, "log"))
             limit = self.settings.log_limit() if self.settings is not None and not opts.exec_ else None
@@ -205,11 +211,16 @@ class Monitor:
             if opts.bundle and os.path.isdir(opts.bundle):
                 from .attach import AttachServer
                 from .ctl import ControlFifos
+                listener = adopted.attach_fd if adopted is not None and adopted.attach_fd >= 0 else None
                 self.attach = AttachServer(self.loop, self.diag, opts.bundle, opts.socket_dir_path, opts.cuuid,
-                                           opts.full_attach, self._on_input, self._on_client_eof)
+                                           opts.full_attach, self._on_input, self._on_client_eof, listener)
                 stdio.on_stdin_backlog = self.attach.pause_input
                 self.attach.on_backpressure = stdio.pause_output
-                self.fifos = ControlFifos(self.loop, self.diag, opts.bundle, self._resize, self._reopen_logs)
+                fifo_ends = (adopted.ctl_fds, adopted.winsz_fds) if adopted is not None and \
+                    adopted.ctl_fds[0] >= 0 and adopted.winsz_fds[0] >= 0 else None
+                self.fifos = ControlFifos(self.loop, self.diag, opts.bundle, self._resize, self._reopen_logs,
+                                          fifo_ends)
+            self.children.keep(self._takeover_fds())
         if opts.sdnotify_socket and opts.bundle:
             from .notify import NotifyRelay
             try:
@@ -219,6 +230,22 @@ class Monitor:
             self.notify = notify
             self.loop.add(notify.fd, 1, lambda ev: notify.on_readable())
         return console
+
+    def _takeover_fds(self) -> dict[str, int]:
+        """What a classic monitor would need of stdio, attach socket and FIFOs (takeover.KEPT)."""
+        fds: dict[str, int] = {}
+        if self.stdio is not None:
+            for src in self.stdio.sources:
+                if not src.is_pty:
+                    fds["out" if src.stream == STDOUT else "err"] = src.fd
+            if self.stdio.stdin_fd >= 0 and not self.stdio.has_pty:
+                fds["in"] = self.stdio.stdin_fd
+        if self.attach is not None:
+            fds["attach"] = self.attach.sock.fileno()
+        if self.fifos is not None:
+            fds.update(ctl=self.fifos.ctl.rfd, ctlw=self.fifos.ctl.wfd, winsz=self.fifos.winsz.rfd,
+                       winszw=self.fifos.winsz.wfd)
+        return fds
 
     def _spawn_runtime(self, argv: list[str]) -> None:
         opts = self.opts

@@ -20,12 +20,14 @@ Server to stub:
 
 ``O`` / ``C`` answer to hello: ``O`` carries the text for the caller's stderr
     (what a classic monitor prints before it detaches), ``C`` the reason.
+``P`` keep: one name per attached fd (takeover.KEPT: ``in``, ``out``, ``err``,
+    ``pty``, ``attach``, ``ctl``, ``ctlw``, ``winsz``, ``winszw``); the stub
+    holds them for a takeover (a name sent again replaces the earlier fd).
+``D`` drop: name; the stub closes the fd it keeps under that name.
 ``F`` fork the runtime: flags (``L`` rewrite LISTEN_PID, ``A`` read the second
     start byte first), stdio map (three of ``0``..``2`` index into the attached
-    fds or ``-`` for /dev/null), kept read ends (one stream id per fd after
-    the child's: ``2`` stdout, ``3`` stderr; the stub keeps them for a
-    takeover), number of preserved fds (3..3+N keep across exec), argc,
-    argv..., environment...
+    fds or ``-`` for /dev/null), number of preserved fds (3..3+N keep across
+    exec), argc, argv..., environment...
 ``W`` watch pid (a pidfd: it may not be the stub's child).
 ``T`` signal target: the container pid (TERM, INT and QUIT are forwarded to it).
 ``K`` close the caller's inherited descriptors (before the exit files).
@@ -42,6 +44,7 @@ MAX_FDS = 8
 
 HELLO, STARTED, SPAWNED, EXITED, INHERITED_CLOSED = b"H", b"S", b"R", b"X", b"k"
 OK, CLASSIC, FORK, WATCH, TARGET, CLOSE_INHERITED, QUIT = b"O", b"C", b"F", b"W", b"T", b"K", b"Q"
+KEEP, DROP = b"P", b"D"
 
 
 class ProtocolError(ValueError):

@@ -66,21 +66,26 @@ class StubChildren(Children):
                 fds.append(fd)
             else:
                 stdio_map += b"-"
-        # The stub keeps copies of the output pipes' read ends: should this server die, the
-        # classic monitor it then execs reads on from there (takeover.py).  Not with a pty:
-        # its master arrives later, through the console socket, and is not adopted.
-        keep = b""
-        monitor = self.session.monitor
-        stdio = monitor.stdio if monitor is not None and not monitor.opts.terminal else None
-        for src in stdio.sources if stdio is not None else []:
-            if not src.is_pty:
-                keep += str(src.stream).encode()
-                fds.append(src.fd)
         flags = (b"L" if rewrite_listen_pid else b"") + (b"A" if self.read_start else b"")
         env_fields = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
-        fields = [flags, stdio_map, keep, str(len(preserved)).encode(), str(len(argv)).encode(),
+        fields = [flags, stdio_map, str(len(preserved)).encode(), str(len(argv)).encode(),
                   *map(os.fsencode, argv), *env_fields]
         self.session.send(protocol.FORK, fields, fds)
+
+    def keep(self, fds: dict[str, int]) -> None:
+        # Should this server die, the classic monitor the stub then execs goes on with these
+        # (takeover.py): the same pipes, pty, attach listener and FIFOs.
+        if fds:
+            self._send_quietly(protocol.KEEP, [name.encode() for name in fds], list(fds.values()))
+
+    def drop(self, name: str) -> None:
+        self._send_quietly(protocol.DROP, [name.encode()])
+
+    def _send_quietly(self, kind: bytes, fields: list[bytes], fds: list[int] | None = None) -> None:
+        try:
+            self.session.send(kind, fields, fds or [])
+        except OSError:
+            pass  # the stub is gone: its connection's end closes the session
 
     def watch_exit(self, pid: int) -> None:
         self.session.send(protocol.WATCH, [str(pid).encode()])

@@ -105,6 +105,7 @@ class ContainerStdio:
         self.stdin_close_pending = False
         self.on_stdin_backlog: Callable[[bool], None] | None = None
         self.on_pty: Callable[[], None] | None = None  # called as soon as the pty master is there
+        self.on_stdin_closed: Callable[[], None] | None = None  # called when close_stdin closes the pipe
         self.console: ConsoleSocket | None = None
         self.pty_master = -1
         self.output_paused = False
@@ -133,13 +134,21 @@ class ContainerStdio:
             self.sources.append(OutputSource(r, stream))
         self.child_fds = child
 
-    def adopt_pipes(self, out_fd: int, err_fd: int) -> None:
-        """Read ends made earlier (by a server now gone): no child ends, no stdin."""
+    def adopt(self, in_fd: int, out_fd: int, err_fd: int, pty_fd: int) -> None:
+        """The stdin write end, output read ends and pty master made or received earlier (by a
+        server now gone; -1: none); no child ends."""
         for fd, stream in ((out_fd, STDOUT), (err_fd, STDERR)):
             if fd >= 0:
                 os.set_inheritable(fd, False)
                 _set_nonblocking(fd)
                 self.sources.append(OutputSource(fd, stream))
+        if in_fd >= 0:
+            os.set_inheritable(in_fd, False)
+            _set_nonblocking(in_fd)
+            self.stdin_fd = in_fd
+        if pty_fd >= 0:
+            os.set_inheritable(pty_fd, False)
+            self.set_pty(pty_fd)
         self.child_fds = [-1, -1, -1]
 
     def make_console_socket(self, tmpdir: str) -> str:
@@ -460,6 +469,8 @@ class ContainerStdio:
         self.loop.remove(self.stdin_fd)
         os.close(self.stdin_fd)
         self.stdin_fd = -1
+        if self.on_stdin_closed is not None:
+            self.on_stdin_closed()
 
     def close(self) -> None:
         if self._retry_timer is not None:

@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from pyconmon import protocol
-from support.harness import poll_until, runtime_kill, server_pids
+from support.harness import poll_until, runtime_kill, server_pids, write_ctl
 from support.installed import install_podman_conmon
 from support.installed import unavailable_reason as install_unavailable
 
@@ -473,22 +473,127 @@ def test_the_server_socket_is_in_a_0700_directory_of_its_uid(testbed, stub):
     assert m.wait_exit_file(10) == 137
 
 
-def test_a_tty_container_is_not_adopted(testbed, stub, classic):
-    """README: "`-t` containers are not adopted: they are left without a monitor, as when C conmon is
-    killed". The server dies: no classic monitor takes the container over (the stub only waits for
-    it, reading nothing, or exits at once if the server had not yet told it the container's pid),
-    the container runs on, and when it ends nobody writes an exit file."""
-    m = testbed.run(stub, ["sleep", "600"], terminal=True)
-    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
-    kill_server(stub)
-    assert stat_state(m.container_pid) not in ("Z", "gone")
+TTY_ECHO = 'echo ready; while read x; do echo "got $x $(stty size)"; [ "$x" = quit ] && exit 3; done'
+STDIN_ECHO = 'echo ready; while read x; do echo "got $x"; done; echo stdin-ended; exit 5'
+
+
+def logged_text(m):
+    return b"".join(r.content + (b"\n" if r.tag == "F" else b"") for r in m.log_records())
+
+
+def recording_exit_command(tmp_path):
+    """An exit command that writes its arguments to ``<tmp_path>/exit.seen``; (argv, that path)."""
+    seen = tmp_path / "exit.seen"
+    script = tmp_path / "exit-command"
+    script.write_text(f'#!/bin/sh\necho "$@" > {seen}.tmp && mv {seen}.tmp {seen}\n')
+    script.chmod(0o755)
+    return [str(script), "cleanup", "the-container"], seen
+
+
+def pty_size(pid):
+    """(rows, cols) of the terminal that is ``pid``'s stdin."""
+    import fcntl
+    import struct
+    import termios
+    fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     try:
-        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)  # not the classic monitor
-    except FileNotFoundError:
-        pass  # the stub already gave up
-    runtime_kill(m)
-    wait_gone(m.pid)  # the stub ends with its container
-    assert not os.path.exists(m.exit_file)
+        return struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+    finally:
+        os.close(fd)
+
+
+def kill_server_and_await_classic(stub, classic, m):
+    kill_server(stub)
+    poll_until(lambda: os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic), 15,
+               what="the classic monitor takes the container over in the stub's process")
+
+
+@pytest.mark.parametrize("style", ["podman", "crio"])
+@pytest.mark.parametrize("attached", [False, True], ids=["no-client", "client-attached"])
+def test_a_tty_container_is_adopted(testbed, stub, classic, tmp_path, style, attached):
+    """README: `-t` containers are adopted too: the stub keeps the pty master (the server hands it a
+    copy as soon as the runtime sends it), the attach listener and the ctl/winsz FIFOs. After SIGKILL
+    of the server, in the very same stub process: a client connecting at the same socket path (at
+    once, before the classic monitor is even running: it waits in the listener's backlog) gets the
+    output and writes the container's stdin, a resize written to ctl (as at once) is what `stty size`
+    says in the container, output after the kill is logged, and the exit file and the exit command
+    come when the container ends. A client attached at the kill reads EOF: its connection ends."""
+    exit_command, seen = recording_exit_command(tmp_path)
+    m = testbed.run(stub, ["sh", "-c", TTY_ECHO], terminal=True, style=style,
+                    exit_command=exit_command if style == "podman" else None)  # CRI-O passes none
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+    poll_until(lambda: b"ready" in logged_text(m), what="ready logged")
+    before = m.attach() if attached else None
+    if before is not None:
+        before.send(b"before\n")
+        assert b"got before" in before.read_until(lambda out: b"got before" in out.get(2, b""), 10).get(2, b"")
+    files = {name: os.stat(os.path.join(m.ctl_dir, name)).st_ino for name in ("attach", "ctl", "winsz")}
+    os.kill(m.pid, signal.SIGSTOP)  # the stub cannot exec the classic monitor before we are done: the gap
+    try:
+        kill_server(stub)
+        client = m.attach()  # the listener is the stub's copy: the client waits in its backlog
+        m.write_ctl("1 12 34\n")  # the FIFO has a reader (the stub's copy): the line waits in it
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+    finally:
+        os.kill(m.pid, signal.SIGCONT)
+    poll_until(lambda: os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic), 15,
+               what="the classic monitor takes the container over in the stub's process")
+    assert {name: os.stat(os.path.join(m.ctl_dir, name)).st_ino for name in files} == files  # the same files
+    assert stat_state(m.container_pid) not in ("Z", "gone")
+    if before is not None:
+        before.read_until_eof(10)
+        assert before.eof  # what a client attached at the kill sees: the end of its connection
+    client.send(b"after\n")
+    out = client.read_until(lambda out: b"got after 12 34" in out.get(2, b""), 10)
+    assert b"got after 12 34" in out.get(2, b""), out
+    poll_until(lambda: b"got after 12 34" in logged_text(m), 10, what="output after the kill logged")
+    write_ctl(m.ctl_dir, "20 60\n", name="winsz")
+    poll_until(lambda: pty_size(m.container_pid) == (20, 60), 10, what="the resize through winsz")
+    client.send(b"quit\n")
+    assert m.wait_exit_file(10) == 3
+    assert b"got quit 20 60" in logged_text(m)
+    if style == "podman":
+        poll_until(seen.exists, 10, what="the exit command")
+        assert seen.read_text() == "cleanup the-container\n"
+    client.read_until_eof(10)
+    assert client.eof
+    m.wait(10)
+
+
+@pytest.mark.parametrize("style", ["podman", "crio"])
+def test_an_interactive_container_is_adopted_with_its_stdin(testbed, stub, classic, style):
+    """README: with `-i` the stub keeps the stdin pipe's write end too. After the server's death a
+    new attach client's input reaches the container, a log reopen through ctl works, and the
+    client's end of input closes the container's stdin (stdin once, as before the kill)."""
+    m = testbed.run(stub, ["sh", "-c", STDIN_ECHO], stdin=True, style=style)
+    poll_until(lambda: b"ready" in logged_text(m), what="ready logged")
+    kill_server_and_await_classic(stub, classic, m)
+    client = m.attach()
+    client.send(b"hello\n")
+    assert client.read_until(lambda out: b"got hello" in out.get(2, b""), 10).get(2, b"") == b"got hello\n"
+    os.rename(m.log_path, m.log_path + ".old")
+    m.write_ctl("2 0 0\n")
+    poll_until(lambda: os.path.exists(m.log_path), 10, what="the log reopened at its path")
+    client.send(b"after-reopen\n")
+    client.shutdown_write()
+    assert m.wait_exit_file(10) == 5
+    assert [r.content for r in m.log_records()] == [b"got after-reopen", b"stdin-ended"]
+    with open(m.log_path + ".old", "rb") as f:
+        old = f.read()
+    assert b"ready" in old and b"got hello" in old
+    m.wait(10)
+
+
+def test_stdin_end_reaches_the_container_although_the_stub_keeps_a_copy(testbed, stub):
+    """The stub's copy of the stdin pipe (for a takeover) goes when the server closes its own: a
+    client's end of input is the container's EOF in server mode (protocol ``D``)."""
+    m = testbed.run(stub, ["sh", "-c", STDIN_ECHO], stdin=True)
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+    client = m.attach()
+    client.send(b"one\n")
+    client.shutdown_write()
+    assert m.wait_exit_file(10) == 5
+    assert [r.content for r in m.log_records()] == [b"ready", b"got one", b"stdin-ended"]
 
 
 def test_every_install_has_both_programs(stub, installed_conmon):
