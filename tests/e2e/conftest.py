@@ -2,6 +2,8 @@
 
 - ``installed_conmon``: the monitor as ``make podman PREFIX=<tmp>`` installs it
   (built once per session; the test is skipped where it can't be built).
+- ``server_mode_conmon``: the same with ``ENTRY=stub`` and a mode file saying
+  "always": the ``conmon`` Podman starts is the server-mode stub (once per session).
 - ``monitor_named``: a function from a monitor's name (``conmon`` = Debian's C
   conmon, ``installed``, ``checkout``/``pyconmon`` = bin/pyconmon) to its path,
   for test modules' own parametrised monitor fixtures.
@@ -31,6 +33,14 @@ def installed_conmon(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     return install_podman_conmon(tmp_path_factory.getbasetemp() / "installed-conmon")
+
+
+@pytest.fixture(scope="session")
+def server_mode_conmon(tmp_path_factory):
+    reason = install_unavailable()
+    if reason:
+        pytest.skip(reason)
+    return install_podman_conmon(tmp_path_factory.getbasetemp() / "server-mode-conmon", server_mode=True)
 
 
 @pytest.fixture

@@ -184,18 +184,7 @@ def test_attach_tty_and_detach(podman_clean, ref_and_installed, pane_factory):
     assert "attached-42\n" in r.stdout
 
 
-@pytest.fixture(scope="module")
-def server_conmon(tmp_path_factory):
-    """An install in server mode ("always"): Podman's conmon is the stub (tests/e2e/test_server_mode.py)."""
-    from support.installed import install_podman_conmon
-    from support.installed import unavailable_reason as install_unavailable
-    reason = install_unavailable()
-    if reason:
-        pytest.skip(reason)
-    return install_podman_conmon(tmp_path_factory.mktemp("podman-server-mode"), server_mode=True)
-
-
-def test_attach_resize_and_exit_after_the_server_is_killed(podman_clean, server_conmon, pane_factory):
+def test_attach_resize_and_exit_after_the_server_is_killed(podman_clean, server_mode_conmon, pane_factory):
     """README (server mode): a `-t -i` container outlives its server. Podman's monitor is the stub;
     the server is SIGKILLed; the classic monitor takes over in the stub's process; then `podman
     attach` (the same socket path) sends its size through ctl (seen by `stty size`), types into the
@@ -204,7 +193,7 @@ def test_attach_resize_and_exit_after_the_server_is_killed(podman_clean, server_
     import signal
 
     from support.harness import server_pids
-    podman, conmon = podman_clean, server_conmon
+    podman, conmon = podman_clean, server_mode_conmon
     lib = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(conmon))), "lib", "pyconmon")
     cid = run_d(podman, conmon, "-it", podman.image, "sh")
     monitor = int(podman.inspect(cid, "{{.State.ConmonPid}}"))

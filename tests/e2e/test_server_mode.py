@@ -20,17 +20,13 @@ import pytest
 from pyconmon import protocol
 from support.harness import poll_until, runtime_kill, server_pids, write_ctl
 from support.installed import install_podman_conmon
-from support.installed import unavailable_reason as install_unavailable
 
 LONG = ["sh", "-c", "echo out; echo err >&2; exec sleep 600"]
 
 
 @pytest.fixture(scope="module")
-def stub(tmp_path_factory):
-    reason = install_unavailable()
-    if reason:
-        pytest.skip(reason)
-    return install_podman_conmon(tmp_path_factory.mktemp("server-mode"), server_mode=True)
+def stub(server_mode_conmon):
+    return server_mode_conmon
 
 
 @pytest.fixture(scope="module")
