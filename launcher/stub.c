@@ -74,6 +74,7 @@ static const char *const KEPT[] = {"in", "out", "err", "pty", "attach", "ctl", "
 #define N_KEPT (int)(sizeof KEPT / sizeof KEPT[0])
 static int g_kept[N_KEPT] = {-1, -1, -1, -1, -1, -1, -1, -1, -1};
 static int g_runtime_reaped, g_runtime_status, g_target_status;
+static int g_held_signal; /* came after the runtime's end, before 'W' named the container */
 static char g_old_oom[32];
 static char *g_packet;
 
@@ -642,6 +643,10 @@ static void watch(pid_t pid)
     reap();
     if (reaped_target)
         return;
+    if (g_held_signal) {
+        kill(pid, g_held_signal);
+        g_held_signal = 0;
+    }
     g_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (g_pidfd < 0) {
         char proc[64];
@@ -759,9 +764,14 @@ static void serve(void)
                 if (si.ssi_signo == SIGCHLD) {
                     reap();
                 } else {
-                    pid_t target = g_target_pid ? g_target_pid : g_runtime_pid;
+                    /* As the classic monitor: to the container once its pid is known, else to the
+                     * runtime while it runs.  In between (the server has the pid, its 'W' is on the
+                     * way) the signal waits for 'W': the runtime's pid may already be reused. */
+                    pid_t target = g_target_pid ? g_target_pid : g_runtime_reaped ? 0 : g_runtime_pid;
                     if (target) {
                         kill(target, (int)si.ssi_signo);
+                    } else if (g_runtime_pid) {
+                        g_held_signal = (int)si.ssi_signo;
                     } else if (si.ssi_signo == SIGTERM) {
                         /* Nothing to forward it to yet: it ends the monitor, as in C conmon. */
                         signal(SIGTERM, SIG_DFL);

@@ -456,6 +456,40 @@ def test_sigint_and_sigquit_are_forwarded_too(testbed, stub, sig):
     m.wait(10)
 
 
+def test_a_signal_before_the_server_names_the_container_waits_for_it(testbed, stub, tmp_path):
+    """A signal the stub gets after the runtime's end but before the server has told it the container's
+    pid (here the server is stopped in between) reaches the container once the server does, as in a
+    classic monitor (where nothing can come in between); it is not sent to the runtime's old pid."""
+    busy = testbed.run(stub, ["sleep", "600"])  # keeps a server up, to be stopped
+    (server,) = servers_of(stub)
+    marker = tmp_path / "runtime-done"
+    runtime = tmp_path / "runtime"
+    runtime.write_text(f'#!/bin/sh\n{testbed.runtime} "$@"; rc=$?\n'
+                       f'case " $* " in *" create "*) kill -STOP {server}; echo $$ > {marker}.tmp; '
+                       f'mv {marker}.tmp {marker};; esac\nexit $rc\n')
+    runtime.chmod(0o755)
+    traps = "trap 'echo got-TERM; exit 42' TERM; echo ready; while :; do usleep 20000; done"
+    try:
+        m = testbed.run(stub, ["sh", "-c", traps], start=False, read_sync=False, extra_args=["-r", str(runtime)])
+        poll_until(marker.exists, 10, what="the runtime's create done")
+        runtime_pid = int(marker.read_text())
+        poll_until(lambda: not os.path.exists(f"/proc/{runtime_pid}"), 10, what="the stub reaps the runtime")
+        m.start_container()
+        with open(m.pidfile) as f:
+            container = int(f.read())
+        poll_until(lambda: int(status_fields(container, ["SigCgt"])["SigCgt"], 16) & (1 << (signal.SIGTERM - 1)),
+                   10, what="the container's TERM trap")
+        os.kill(m.pid, signal.SIGTERM)
+    finally:
+        os.kill(server, signal.SIGCONT)
+    msg = m.read_sync(10)
+    assert msg and msg["data"] == container, m.describe()
+    assert m.wait_exit_file(10) == 42
+    assert [r.content for r in m.log_records()] == [b"ready", b"got-TERM"]
+    runtime_kill(busy)
+    assert busy.wait_exit_file(10) == 137
+
+
 def test_the_server_socket_is_in_a_0700_directory_of_its_uid(testbed, stub):
     """README: "over a unix socket in a 0700 directory of its uid (`/run/pyconmon/` for root)"."""
     m = testbed.run(stub, LONG)
