@@ -16,6 +16,15 @@ Facts that shape it:
   registered with mask 0 still wakes the loop on hangup, which callers use to
   notice a peer that went away.
 
+* A shared loop (server mode) serves many containers.  Level-triggered
+  epoll reports every ready fd each turn in its own order, so a quiet
+  container's line would wait behind one chunk of every flooding
+  container.  Fds whose last read was large (a flood) are marked *bulk*
+  (:meth:`EventLoop.set_bulk`): each turn serves the others first, then
+  bulk fds, least recently served first, until ``BULK_BUDGET_S`` of work is
+  done; the rest stay ready and lead the next turn.  So a line waits for at
+  most about one budget, whatever the number of floods.
+
 * A monitor runs for months.  An exception escaping a callback (a bug, or
   an error nobody foresaw) is handed to ``on_error`` and the loop goes on:
   one failed event must not take the container's log and exit code with it.
@@ -42,6 +51,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     FdCallback = Callable[[int], None]
+
+
+BULK_BUDGET_S = 0.002  # bulk work per turn before the loop looks for other ready fds again
 
 
 class Timer:
@@ -77,6 +89,8 @@ class EventLoop:
         self.on_error: Callable[[Exception], None] | None = None  # None: exceptions propagate
         self._soon: list[Callable[[], None]] = []  # from other threads (call_soon_threadsafe)
         self._wake_fd = -1
+        self._bulk: dict[int, int] = {}  # fd -> the turn it was last served, for fds with more to read
+        self._turn = 0
 
     # -- descriptors -----------------------------------------------------
     def add(self, fd: int, mask: int, callback: FdCallback) -> None:
@@ -90,6 +104,7 @@ class EventLoop:
             self._masks[fd] = mask
 
     def remove(self, fd: int) -> None:
+        self._bulk.pop(fd, None)
         if self._callbacks.pop(fd, None) is not None:
             del self._masks[fd]
             try:
@@ -99,6 +114,17 @@ class EventLoop:
 
     def watching(self, fd: int) -> bool:
         return fd in self._callbacks
+
+    def set_bulk(self, fd: int, bulk: bool) -> None:
+        """Mark ``fd`` as having more to read than one callback takes (module note), or not."""
+        if not bulk:
+            self._bulk.pop(fd, None)
+        elif fd not in self._bulk and fd in self._callbacks:
+            self._bulk[fd] = self._turn
+
+    def bulk_count(self) -> int:
+        """How many fds are bulk now (roughly: how many sources are flooding)."""
+        return len(self._bulk)
 
     # -- timers ----------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
@@ -166,6 +192,20 @@ class EventLoop:
             events = self._epoll.poll(-1 if timeout is None else timeout)
         except InterruptedError:
             events = []
+        if self._bulk:
+            self._dispatch_fairly(events)
+        else:
+            self._dispatch(events)
+        now = time.monotonic()
+        while timers and (timers[0].cancelled or timers[0].deadline <= now):
+            timer = heapq.heappop(timers)
+            if not timer.cancelled:
+                try:
+                    timer.callback()
+                except Exception as err:  # noqa: BLE001 - handed to on_error (module note)
+                    self._failed(err)
+
+    def _dispatch(self, events: list[tuple[int, int]]) -> None:
         callbacks = self._callbacks
         for fd, mask in events:
             callback = callbacks.get(fd)
@@ -174,12 +214,26 @@ class EventLoop:
                     callback(mask)
                 except Exception as err:  # noqa: BLE001 - handed to on_error (module note)
                     self._failed(err)
-        now = time.monotonic()
-        while timers and (timers[0].cancelled or timers[0].deadline <= now):
-            timer = heapq.heappop(timers)
-            if not timer.cancelled:
+
+    def _dispatch_fairly(self, events: list[tuple[int, int]]) -> None:
+        """Other fds first, then bulk ones, least recently served first, within the budget."""
+        bulk = self._bulk
+        self._turn += 1
+        heavy = [ev for ev in events if ev[0] in bulk]
+        if len(heavy) < len(events):
+            self._dispatch([ev for ev in events if ev[0] not in bulk])
+        heavy.sort(key=lambda ev: bulk.get(ev[0], 0))
+        callbacks = self._callbacks
+        start = time.monotonic()
+        for n, (fd, mask) in enumerate(heavy):
+            if n and time.monotonic() - start > BULK_BUDGET_S:
+                break  # still ready: epoll reports them again at once, and they lead then
+            callback = callbacks.get(fd)
+            if callback is not None:
+                if fd in bulk:
+                    bulk[fd] = self._turn
                 try:
-                    timer.callback()
+                    callback(mask)
                 except Exception as err:  # noqa: BLE001 - handed to on_error (module note)
                     self._failed(err)
 
@@ -210,3 +264,4 @@ class EventLoop:
         self._epoll.close()
         self._callbacks.clear()
         self._masks.clear()
+        self._bulk.clear()

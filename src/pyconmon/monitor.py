@@ -56,8 +56,8 @@ from .syncpipe import SyncPipe
 PTY_ERROR_MAX = 8192
 # Shared loop (server mode): bytes drained per loop turn after an exit, and how often the attach
 # clients' progress is looked at while they are flushed at an exit.
-DRAIN_SLICE = 1 << 20
 SHARED_READ_CHUNK = 128 << 10
+DRAIN_SLICE = SHARED_READ_CHUNK  # one read per turn: several exits at once stay within a few ms
 ATTACH_FLUSH_POLL_S = 0.01
 
 TYPE_CHECKING = False  # typing costs 7 ms at start-up

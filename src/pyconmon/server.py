@@ -21,6 +21,9 @@ Facts that shape it:
   told to run classic (ZYGOTE.md R8): the runtime and exit command it forks
   get its own, but the server would act for it with the server's.
 * A dozen fds per container: the soft RLIMIT_NOFILE is raised to the hard one.
+* The server is one task doing many monitors' work: it weighs as much as
+  the ones flooding now (cpuweight.py), and its loop takes turns fairly
+  among floods (loop.py).
 * Every module is imported at start-up: an upgrade replaces the files under a
   running server, which must not then load a module of the new version.
 * The server is started from a container's monitor scope; it moves into a
@@ -36,6 +39,7 @@ import socket
 import struct
 import time
 
+from .cpuweight import ServerWeight
 from .loop import EventLoop
 from .session import StubSession
 
@@ -113,6 +117,7 @@ class Server:
         self.refused = 0
         self.last_active = time.monotonic()
         self.stopping = False
+        self.weight = ServerWeight(self.loop)  # cpuweight.py: as much CPU weight as the monitors it replaces
         listener.setblocking(False)
         self.loop.add(listener.fileno(), 1, self._on_accept)
         self.loop.on_error = lambda err: None  # a failed callback is one container's problem
@@ -139,10 +144,13 @@ class Server:
             self.last_active = time.monotonic()
             session = StubSession(conn, self.loop, self.key, self._on_closed, _checker(pid))
             self.sessions.add(session)
+            self.weight.arm()
 
     def _on_closed(self, session: StubSession) -> None:
         self.sessions.discard(session)
         self.last_active = time.monotonic()
+        if not self.sessions:
+            self.weight.disarm()
 
     def _arm_idle(self) -> None:
         self.loop.call_later(max(0.05, self.idle_exit / 4), self._idle_check)

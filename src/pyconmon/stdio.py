@@ -342,6 +342,7 @@ class ContainerStdio:
                 return 0
             self.on_output(src.stream, data)
             if once:
+                self.loop.set_bulk(src.fd, len(data) >= min(size, PACE_BELOW))  # a flood: fair turns (loop.py)
                 if pace and len(data) < PACE_BELOW:
                     self._pace(src)
                 return len(data)  # one chunk per event: the loop serves the other fds (attach clients!) in between
@@ -389,7 +390,8 @@ class ContainerStdio:
             while not src.eof:
                 if left is not None and left <= 0:
                     return False
-                n = self._read_pty_rest(src) if src.is_pty else self.read_source(src, once=True, pace=False)
+                n = (self._read_pty_rest(src) if src.is_pty
+                     else self.read_source(src, once=True, size=self.read_size, pace=False))
                 if not n:
                     break
                 if left is not None:

@@ -761,3 +761,27 @@ def test_a_caller_with_other_privileges_gets_classic(testbed, stub, classic, tmp
     for mon in (served, m):
         runtime_kill(mon)
     assert [mon.wait_exit_file(10) for mon in (served, m)] == [137, 137]
+
+
+def nice_of(pid):
+    """The nice value of a process's main thread (the one running the server's loop)."""
+    return int(proc_text(pid, "stat").decode().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_server_weighs_as_much_as_the_monitors_of_the_floods(testbed, stub):
+    """README: while containers flood, the server lowers its nice so that its CPU weight is about
+    that of one monitor per flooding stream (cpuweight.py), and returns to its own when they stop."""
+    from pyconmon.cpuweight import boost_for
+    quiet = testbed.run(stub, LONG)
+    (server,) = servers_of(stub)
+    base = nice_of(server)
+    flood = ["sh", "-c", "while :; do seq 1 100000; done"]
+    floods = [testbed.run(stub, flood, extra_args=["--log-size-max", "4000000"]) for _ in range(4)]
+    if os.geteuid() == 0:  # CAP_SYS_NICE: it may go below the nice it started with
+        poll_until(lambda: nice_of(server) <= base - boost_for(3), 20, what="the server's nice to drop")
+    for m in floods:
+        runtime_kill(m)
+        assert m.wait_exit_file(30) == 137
+    poll_until(lambda: nice_of(server) == base, 10, what="the server's nice back to its own")
+    runtime_kill(quiet)
+    assert quiet.wait_exit_file(10) == 137

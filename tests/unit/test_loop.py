@@ -251,3 +251,64 @@ def test_a_failing_callback_is_reported_and_the_loop_goes_on():
         loop.close()
         os.close(r)
         os.close(w)
+
+
+# -- fair turns among floods (server mode) -------------------------------------
+
+
+@pytest.fixture
+def ready_pipes():
+    """Four pipes with a byte in each: level-triggered, they stay ready while nobody reads."""
+    pairs = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]
+    for _r, w in pairs:
+        os.write(w, b"x")
+    yield [r for r, _w in pairs]
+    for pair in pairs:
+        for fd in pair:
+            os.close(fd)
+
+
+def test_other_fds_are_served_before_bulk_ones(loop, ready_pipes):
+    order = []
+    for fd in ready_pipes:
+        loop.add(fd, EPOLLIN, lambda ev, fd=fd: order.append(fd))
+    a, b, c, d = ready_pipes
+    loop.set_bulk(a, True)
+    loop.set_bulk(b, True)
+    loop.run_once(1)
+    assert sorted(order[:2]) == sorted([c, d]) and sorted(order[2:]) == sorted([a, b])
+
+
+def test_bulk_fds_take_turns_least_recently_served_first(loop, ready_pipes, monkeypatch):
+    """With no budget left after one bulk callback, each turn serves the other fds and one bulk fd,
+    the one that waited longest: a round robin, whatever order epoll reports them in."""
+    import pyconmon.loop as loop_module
+    monkeypatch.setattr(loop_module, "BULK_BUDGET_S", 0.0)
+    served = []
+    for fd in ready_pipes:
+        loop.add(fd, EPOLLIN, lambda ev, fd=fd: (served.append(fd), time.sleep(0.0001)))
+    a, b, c, quiet = ready_pipes
+    for fd in (a, b, c):
+        loop.set_bulk(fd, True)
+    turns = []
+    for _ in range(6):
+        served.clear()
+        loop.run_once(1)
+        turns.append(list(served))
+    assert all(turn[0] == quiet and len(turn) == 2 for turn in turns), turns
+    bulk_order = [turn[1] for turn in turns]
+    assert sorted(bulk_order[:3]) == sorted([a, b, c]) and bulk_order[3:] == bulk_order[:3], bulk_order
+
+
+def test_bulk_is_forgotten_when_the_fd_is_removed_or_not_watched(loop, ready_pipes):
+    a, b = ready_pipes[:2]
+    loop.add(a, EPOLLIN, lambda ev: None)
+    loop.set_bulk(a, True)
+    loop.set_bulk(b, True)  # not watched: ignored
+    assert loop.bulk_count() == 1
+    loop.remove(a)
+    assert loop.bulk_count() == 0
+    loop.add(a, EPOLLIN, lambda ev: None)
+    loop.set_bulk(a, True)
+    loop.set_bulk(a, False)
+    assert loop.bulk_count() == 0
