@@ -4,8 +4,9 @@
 #                             (server mode's static per-container stub, launcher/stub.c)
 #   make install              $(PREFIX)/bin/conmon + $(PREFIX)/lib/pyconmon/pyconmon/*.py[c]
 #                             + $(PREFIX)/share/man/man8/conmon.8 + $(PREFIX)/lib/pyconmon/{classic,stub}/conmon
-#   make install ENTRY=stub   ... the stub as the `conmon` entry (classic stays its default mode;
-#                             server mode: PYCONMON_MODE=server or "server" in $(PYCONMON_MODE_FILE))
+#   make install ENTRY=classic ... the classic monitor as the `conmon` entry instead of the stub
+#                             (the stub runs server mode unless PYCONMON_MODE=classic or "classic"
+#                             is in $(PYCONMON_MODE_FILE))
 #   make podman               ... binary as $(PREFIX)/libexec/podman/conmon instead (no man page)
 #   make crio                 ... binary as $(PREFIX)/libexec/crio/conmon instead (no man page)
 #   make deb                  build/pyconmon_<version>_<arch>.deb (reproducible, see packaging/deb.py)
@@ -30,10 +31,10 @@ PYCONMON_LIBDIR ?= $(PREFIX)/lib/pyconmon
 # Debian's, not a pyenv shim: the binary links against its libpython.
 PYTHON ?= /usr/bin/python3
 PYTHON_CONFIG ?= $(PYTHON)-config
-# Which program the install targets put at .../conmon: the classic launcher, or
-# the stub (which execs the classic one unless server mode is switched on).
-ENTRY ?= classic
-# The stub's switch to server mode (or PYCONMON_MODE=server in its environment).
+# Which program the install targets put at .../conmon: the stub (server mode,
+# README "Server mode"), or the classic launcher.
+ENTRY ?= stub
+# The stub's switch: "classic" in it (or PYCONMON_MODE=classic in its environment) turns server mode off.
 PYCONMON_MODE_FILE ?= $(SYSCONFDIR)/pyconmon/mode
 # Python for the developer targets (test, lint): the one on PATH.
 DEV_PYTHON ?= python3

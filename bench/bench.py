@@ -103,7 +103,7 @@ class Bench:
             return os.path.abspath(self.args.pyconmon)
         prefix = os.path.join(self.workroot, "prefix")
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
-        r = run_quiet(["make", "-C", REPO, "install", f"PREFIX={prefix}",
+        r = run_quiet(["make", "-C", REPO, "install", "ENTRY=classic", f"PREFIX={prefix}",
                        f"BUILDDIR={os.path.join(self.workroot, 'build')}"], timeout=300, env=env)
         if r.returncode != 0:
             raise SystemExit(f"building pyconmon failed:\n{r.stdout}\n{r.stderr}")

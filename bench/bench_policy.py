@@ -70,8 +70,8 @@ def install(work: str) -> tuple[str, str]:
     prefix = os.path.join(work, "prefix")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "DESTDIR", "PREFIX")}
     for target in ("all", "podman"):
-        subprocess.run(["make", "-s", "-C", REPO, f"BUILDDIR={work}/build", f"PREFIX={prefix}", target],
-                       env=env, check=True, capture_output=True, timeout=600)
+        subprocess.run(["make", "-s", "-C", REPO, f"BUILDDIR={work}/build", f"PREFIX={prefix}", "ENTRY=classic",
+                        target], env=env, check=True, capture_output=True, timeout=600)
     conf = os.path.join(prefix, "etc", "pyconmon", "pyconmon.toml")
     os.makedirs(os.path.dirname(conf), exist_ok=True)
     return os.path.join(prefix, "libexec", "podman", "conmon"), conf

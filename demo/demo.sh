@@ -4,7 +4,7 @@
 #   bash demo/demo.sh                        # fresh Debian 12, as root
 #   MONITOR=/usr/bin/conmon bash demo/demo.sh   # same, with another monitor
 #
-# Installs what is missing (runc busybox-static python3 make gcc python3-dev),
+# Installs what is missing (runc busybox-static python3 make gcc python3-dev libc6-dev),
 # builds the `conmon` launcher and installs it with the package into a
 # temporary prefix, builds a busybox bundle, and plays the container manager
 # (demo/run_monitor.py): sync/start pipes, start byte, {"data": pid},
@@ -35,6 +35,8 @@ if [ -z "${MONITOR:-}" ]; then
     command -v make >/dev/null 2>&1 || missing+=(make)
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)
     [ -x /usr/bin/python3-config ] && [ -e /usr/include/python3.11/Python.h ] || missing+=(python3-dev)
+    [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$(gcc -print-file-name=libc.a 2>/dev/null | grep /)" ] \
+        || missing+=(libc6-dev)  # the static stub
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "+ apt-get install -y ${missing[*]}"

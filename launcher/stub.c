@@ -12,10 +12,11 @@
  * gets argv, environment and descriptors over a unix socket (SCM_RIGHTS).
  * Wire format: src/pyconmon/protocol.py.
  *
- * Classic mode (exec of today's launcher, PYCONMON_CLASSIC) is the default
- * and the fallback: the mode is "server" only when PYCONMON_MODE=server is
- * in the environment or the first word of PYCONMON_MODE_FILE is "server"
- * ("always": also in a systemd service), and even then anything the server cannot serve exactly (--sync, journald,
+ * Server mode is the default.  Classic mode (exec of the classic launcher,
+ * PYCONMON_CLASSIC) is the switch-off and the fallback: the mode is classic
+ * when PYCONMON_MODE=classic is in the environment or the first word of
+ * PYCONMON_MODE_FILE is "classic" (or a word it does not know); "always" is
+ * server mode also in a systemd service.  Even in server mode anything the server cannot serve exactly (--sync, journald,
  * passthrough, a systemd *.service cgroup, no server, a refusal) execs the
  * classic monitor before the start byte is read.  Should the server go away
  * after the start byte but before the runtime runs, the classic monitor is
@@ -167,9 +168,10 @@ static int unserved_log_driver(int argc, char **argv)
 
 enum mode { CLASSIC, SERVER, ALWAYS };
 
-/* PYCONMON_MODE, else the first word of the mode file: "server" (where it applies),
- * "always" (also in a systemd service: for tests, and units that don't need the
- * monitor as their main process), anything else or nothing: classic. */
+/* PYCONMON_MODE, else the first word of the mode file: "server", or nothing (no file,
+ * an empty one): server mode where it applies; "always": also in a systemd service
+ * (for tests, and units that don't need the monitor as their main process);
+ * "classic" or any other word: classic. */
 static enum mode mode_wanted(void)
 {
     const char *v = getenv("PYCONMON_MODE");
@@ -179,15 +181,18 @@ static enum mode mode_wanted(void)
     if (!v) {
         fd = open(PYCONMON_MODE_FILE, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
-            return CLASSIC;
+            return errno == ENOENT ? SERVER : CLASSIC; /* unreadable: the safe side */
         n = read(fd, buf, sizeof buf - 1);
         close(fd);
-        if (n <= 0)
+        if (n < 0)
             return CLASSIC;
-        buf[strcspn(buf, " \t\n")] = 0;
-        v = buf;
+        char *word = buf + strspn(buf, " \t\n");
+        word[strcspn(word, " \t\n")] = 0;
+        v = word;
     }
-    return strcmp(v, "server") == 0 ? SERVER : strcmp(v, "always") == 0 ? ALWAYS : CLASSIC;
+    if (*v == 0 || strcmp(v, "server") == 0)
+        return SERVER;
+    return strcmp(v, "always") == 0 ? ALWAYS : CLASSIC;
 }
 
 /* Podman in a systemd service (quadlet, generate systemd, podman-kube@):

@@ -5,7 +5,7 @@
 # /run/pyconmon-crio/KEY, /var/log/pyconmon-crio/KEY, KEY a hash of the
 # checkout's path; `setup.sh env` prints them), two runtime handlers:
 #   pyconmon  monitor_path = $PYCONMON_CRIO_PREFIX/libexec/crio/conmon
-#             (where `make crio PREFIX=$PYCONMON_CRIO_PREFIX` installs it)
+#             (where `make crio ENTRY=classic PREFIX=$PYCONMON_CRIO_PREFIX` installs it)
 #   pyconmon-server  the same in server mode (`make crio ENTRY=stub`, mode "always")
 #   conmon    monitor_path = /usr/bin/conmon (Debian's C conmon, the reference)
 #
@@ -224,7 +224,7 @@ install_monitor() {
     # `make crio` into the private prefix the pyconmon handler points at; a
     # private BUILDDIR so that the checkout's build/ is left alone.
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u DESTDIR \
-        make -s -C "$REPO" BUILDDIR="$STATE/build" PREFIX="$PREFIX" crio >&2
+        make -s -C "$REPO" BUILDDIR="$STATE/build" PREFIX="$PREFIX" ENTRY=classic crio >&2
     echo always > "$SERVER_MODE_FILE"
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u DESTDIR \
         make -s -C "$REPO" BUILDDIR="$STATE/build-server" PREFIX="$SERVER_PREFIX" ENTRY=stub \

@@ -207,17 +207,18 @@ def test_server_lost_before_the_runtime_classic_takes_over(testbed, stub, classi
             pass
 
 
-@pytest.mark.parametrize("switch", ["environment", "mode file"])
-def test_classic_unless_switched_on(testbed, stub, classic, switch):
-    """PYCONMON_MODE=classic in the caller's environment wins over the mode file; a mode file not
-    saying "server" leaves the stub in classic mode (an exec of the classic monitor: same pid)."""
+@pytest.mark.parametrize("switch", ["environment", "mode file", "unknown word"])
+def test_classic_when_switched_off(testbed, stub, classic, switch):
+    """PYCONMON_MODE=classic in the caller's environment wins over the mode file; a mode file saying
+    "classic" (or a word the stub does not know) puts the stub in classic mode (an exec of the
+    classic monitor: same pid)."""
     mode_file = mode_file_of(stub)
     with open(mode_file) as f:
         assert f.read() == "always\n"
     try:
-        if switch == "mode file":
+        if switch != "environment":
             with open(mode_file, "w") as f:
-                f.write("classic\n")
+                f.write("classic\n" if switch == "mode file" else "  sever  \n")
         m = testbed.run(stub, LONG, env_extra={"PYCONMON_MODE": "classic"} if switch == "environment" else None)
         assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic)
         assert proc_text(m.pid, "cmdline").split(b"\0")[0] == stub.encode()  # argv[0] as the caller gave it
@@ -229,6 +230,33 @@ def test_classic_unless_switched_on(testbed, stub, classic, switch):
         assert m.wait_exit_file(10) == 137
     finally:
         with open(mode_file, "w") as f:
+            f.write("always\n")
+
+
+def in_a_service_cgroup():
+    """The stub's own test (launcher/stub.c in_service_cgroup): a *.service in /proc/self/cgroup."""
+    with open("/proc/self/cgroup") as f:
+        return ".service" in f.read()
+
+
+@pytest.mark.parametrize("mode_file", ["absent", "empty", "server"])
+def test_server_mode_is_the_default(testbed, stub, classic, mode_file):
+    """README: server mode is the default: no mode file, an empty one or one saying "server" (outside a
+    systemd *.service cgroup, where "server" means classic: test_caller_in_a_systemd_service_gets_classic)."""
+    path = mode_file_of(stub)
+    try:
+        if mode_file == "absent":
+            os.unlink(path)
+        else:
+            with open(path, "w") as f:
+                f.write("" if mode_file == "empty" else "server\n")
+        m = testbed.run(stub, LONG)
+        expected = classic if in_a_service_cgroup() else stub
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(expected)
+        runtime_kill(m)
+        assert m.wait_exit_file(10) == 137
+    finally:
+        with open(path, "w") as f:
             f.write("always\n")
 
 
@@ -638,24 +666,25 @@ def test_every_install_has_both_programs(stub, installed_conmon):
 
 
 def test_the_default_mode_file_is_under_sysconfdir(testbed, installed_conmon):
-    """README: `echo server > /usr/local/etc/pyconmon/mode`, i.e. `$(SYSCONFDIR)/pyconmon/mode`
+    """README: `echo classic > /usr/local/etc/pyconmon/mode`, i.e. `$(SYSCONFDIR)/pyconmon/mode`
     (SYSCONFDIR: `$(PREFIX)/etc`) when the install names no other. An install made without
-    PYCONMON_MODE_FILE: its stub is classic, then serves once that file switches it on."""
+    PYCONMON_MODE_FILE: its stub serves (outside a systemd service), then is classic once that file
+    says so."""
     prefix = os.path.dirname(os.path.dirname(os.path.dirname(installed_conmon)))
     stub = os.path.join(prefix, "lib", "pyconmon", "stub", "conmon")
+    classic = os.path.join(prefix, "lib", "pyconmon", "classic", "conmon")
     mode = os.path.join(prefix, "etc", "pyconmon", "mode")
     assert not os.path.exists(mode)
     m = testbed.run(stub, LONG)
-    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(os.path.join(prefix, "lib", "pyconmon",
-                                                                              "classic", "conmon"))
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic if in_a_service_cgroup() else stub)
     runtime_kill(m)
     assert m.wait_exit_file(10) == 137
     os.makedirs(os.path.dirname(mode), exist_ok=True)
     try:
         with open(mode, "w") as f:
-            f.write("always\n")  # not "server": CI may run the tests inside a systemd *.service
+            f.write("classic\n")
         m = testbed.run(stub, LONG)
-        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic)
         runtime_kill(m)
         assert m.wait_exit_file(10) == 137
     finally:

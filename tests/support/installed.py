@@ -37,7 +37,7 @@ def install_podman_conmon(base, server_mode=False):
     conmon = os.path.join(prefix, "libexec", "podman", "conmon")
     if os.access(conmon, os.X_OK):
         return conmon
-    extra = []
+    extra = ["ENTRY=classic"]  # the classic monitor itself as conmon (the default entry is the stub)
     if server_mode:
         mode_file = os.path.join(base, "mode")
         os.makedirs(base, exist_ok=True)

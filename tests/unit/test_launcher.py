@@ -45,10 +45,10 @@ def make(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """make install PREFIX=<tmp>: returns the prefix."""
+    """make install ENTRY=classic PREFIX=<tmp> (the launcher as bin/conmon): returns the prefix."""
     root = tmp_path_factory.mktemp("launcher")
     prefix = root / "prefix"
-    make(f"BUILDDIR={root / 'build'}", f"PREFIX={prefix}", "install")
+    make(f"BUILDDIR={root / 'build'}", f"PREFIX={prefix}", "ENTRY=classic", "install")
     return prefix
 
 
@@ -172,11 +172,16 @@ def test_destdir_staging(tmp_path: Path) -> None:
     for target in ("podman", "crio"):
         assert (stage / "usr" / "libexec" / target / "conmon").read_bytes() == binary.read_bytes()
     assert (stage / "usr" / "lib" / "pyconmon" / "pyconmon" / "cli.py").exists()
-    data = binary.read_bytes()
-    # the compiled-in sys.path entry (a wchar_t string), without DESTDIR
+    # the entry is the stub (ENTRY's default): the classic program's path compiled in, without DESTDIR
+    stub = binary.read_bytes()
+    assert stub == (stage / "usr" / "lib" / "pyconmon" / "stub" / "conmon").read_bytes()
+    assert b"/usr/lib/pyconmon/classic/conmon\0" in stub
+    # the classic launcher's compiled-in sys.path entry (a wchar_t string), without DESTDIR
+    data = (stage / "usr" / "lib" / "pyconmon" / "classic" / "conmon").read_bytes()
     assert "/usr/lib/pyconmon\0".encode("utf-32-le") in data
-    assert str(stage).encode() not in data
-    assert str(stage).encode("utf-32-le") not in data
+    for program in (stub, data):
+        assert str(stage).encode() not in program
+        assert str(stage).encode("utf-32-le") not in program
     # Tracebacks name the installed path, not the staging one.
     pyc = next((stage / "usr" / "lib" / "pyconmon" / "pyconmon" / "__pycache__").glob("cli.*.pyc")).read_bytes()
     assert b"/usr/lib/pyconmon/pyconmon/cli.py" in pyc
