@@ -45,7 +45,11 @@ conmon-compatible container monitor, in Python
  .
  It installs as /usr/libexec/podman/conmon, where Podman looks first, and as
  /usr/libexec/crio/conmon. Debian's conmon package (/usr/bin/conmon) is left
- as it is; removing this package gives Podman that monitor back."""
+ as it is; removing this package gives Podman that monitor back.
+ .
+ By default a small static stub per container hands it to one shared
+ monitor server; "classic" in /etc/pyconmon/mode gives each container a
+ monitor process of its own."""
 
 
 def python_depends(python: str) -> str:

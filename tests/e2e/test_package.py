@@ -113,12 +113,16 @@ def test_package_contents(deb: Path, tmp_path: Path) -> None:
     assert {(m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, "root", "root")}
     assert names == sorted(names)
     assert {m.mtime for m in members} == {int(commit_epoch())}
-    # the installed binaries are the launcher, built for /usr/lib/pyconmon
+    # the entries are the stub (server mode, the default), built to exec /usr/lib/pyconmon/classic/conmon:
+    # the launcher, built for /usr/lib/pyconmon
+    stub = (tmp_path / "x" / "usr/lib/pyconmon/stub/conmon").read_bytes()
     for exe in ("usr/libexec/podman/conmon", "usr/libexec/crio/conmon"):
-        r = subprocess.run([str(tmp_path / "x" / exe), "--version"], capture_output=True, text=True, env={},
-                           timeout=30)
-        assert r.returncode == 0 and r.stdout.startswith("conmon version 2.2.1\n"), r
-        assert "/usr/lib/pyconmon".encode("utf-32-le") in (tmp_path / "x" / exe).read_bytes()  # a wchar_t string
+        assert (tmp_path / "x" / exe).read_bytes() == stub
+    assert b"/usr/lib/pyconmon/classic/conmon\0" in stub
+    classic = tmp_path / "x" / "usr/lib/pyconmon/classic/conmon"
+    r = subprocess.run([str(classic), "--version"], capture_output=True, text=True, env={}, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("conmon version 2.2.1\n"), r
+    assert "/usr/lib/pyconmon".encode("utf-32-le") in classic.read_bytes()  # a wchar_t string
     # no path of the build machine in any file (.pyc file names, debug info, the man page)
     for n in files:
         data = (tmp_path / "x" / n).read_bytes()
@@ -225,7 +229,10 @@ def test_apt_install_makes_podman_use_it_and_remove_gives_conmon_back(host_lock:
         cid = run_d(pd, None, "busybox", "sleep", "600")
         try:
             pid = int(pd.inspect(cid, "{{.State.ConmonPid}}"))
-            assert os.readlink(f"/proc/{pid}/exe") == PODMAN_LIBEXEC
+            with open("/proc/self/cgroup") as f:  # in a systemd *.service the stub runs classic (README)
+                classic = ".service" in f.read()
+            assert os.readlink(f"/proc/{pid}/exe") == ("/usr/lib/pyconmon/classic/conmon" if classic
+                                                       else PODMAN_LIBEXEC)
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 assert f.read().split(b"\0")[0] == PODMAN_LIBEXEC.encode()
         finally:
