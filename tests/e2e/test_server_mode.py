@@ -393,9 +393,9 @@ def test_server_killed_while_the_runtime_runs(testbed, stub, classic, tmp_path):
 
 
 def test_parallel_creates_share_one_server(testbed, stub):
-    """100 containers created at once: one server serves them all; every exit file and log is right."""
+    """200 containers created at once (issue 11): one server serves them all; every exit file and log is right."""
     import concurrent.futures
-    n = 100
+    n = 200
     with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
         ms = list(pool.map(lambda i: testbed.run(stub, ["sh", "-c", f"echo container-{i}; exec sleep 600"],
                                                  deadline=60), range(n)))
