@@ -342,16 +342,40 @@ static int fields_of(char *buf, ssize_t len, char **out, int max)
 
 /* ---------------------------------------------------------------- server */
 
-static int run_dir(char *out, size_t size)
+/* Is this the initial user namespace (uid_map "0 0 4294967295")?  Rootless Podman runs
+ * conmon as uid 0 of the user's own namespace, where /run is not ours to write. */
+static int in_initial_userns(void)
 {
-    if (geteuid() == 0) {
-        snprintf(out, size, "/run/pyconmon");
+    unsigned long inside, outside, count;
+    char extra[2];
+    int initial = 0;
+    FILE *f = fopen("/proc/self/uid_map", "re");
+    if (!f)
+        return 0;
+    if (fscanf(f, "%lu %lu %lu", &inside, &outside, &count) == 3 && fscanf(f, "%1s", extra) != 1)
+        initial = inside == 0 && outside == 0 && count == 4294967295UL;
+    fclose(f);
+    return initial;
+}
+
+/* The server's directory and socket name.  Real root: /run/pyconmon/KEY.sock.  Anyone else
+ * (a user, or uid 0 of a user namespace, as under rootless Podman): $XDG_RUNTIME_DIR/pyconmon/,
+ * the socket named by the key and the user and mount namespaces too, so that each namespace
+ * context of the user gets a server of its own (a server serves only its own context). */
+static int socket_path(char *dir, size_t dir_size, char *path, size_t path_size)
+{
+    struct stat user_ns, mnt_ns;
+    if (geteuid() == 0 && in_initial_userns()) {
+        snprintf(dir, dir_size, "/run/pyconmon");
+        snprintf(path, path_size, "%s/%s.sock", dir, PYCONMON_KEY);
         return 0;
     }
     const char *xdg = getenv("XDG_RUNTIME_DIR");
-    if (!xdg || xdg[0] != '/')
+    if (!xdg || xdg[0] != '/' || stat("/proc/self/ns/user", &user_ns) < 0 || stat("/proc/self/ns/mnt", &mnt_ns) < 0)
         return -1;
-    snprintf(out, size, "%s/pyconmon", xdg);
+    snprintf(dir, dir_size, "%s/pyconmon", xdg);
+    snprintf(path, path_size, "%s/%s-%lu-%lu.sock", dir, PYCONMON_KEY, (unsigned long)user_ns.st_ino,
+             (unsigned long)mnt_ns.st_ino);
     return 0;
 }
 
@@ -374,14 +398,14 @@ static int connect_to(const char *path)
 
 /* Bind the socket, then start the server on it: a fresh exec of Python,
  * daemonised (own session, /dev/null stdio, no other inherited fd). */
-static int start_server(const char *dir, const char *path)
+static int start_server(const char *path)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    char lock_path[4096];
+    char lock_path[4096 + 8];
     int lock, lfd, fd;
     pid_t pid;
 
-    snprintf(lock_path, sizeof lock_path, "%s/%s.lock", dir, PYCONMON_KEY);
+    snprintf(lock_path, sizeof lock_path, "%s.lock", path);
     lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (lock < 0 || flock(lock, LOCK_EX) < 0)
         return -1;
@@ -434,9 +458,8 @@ static int connect_server(void)
     char dir[4000], path[4096];
     struct stat st;
     int fd;
-    if (run_dir(dir, sizeof dir) < 0)
+    if (socket_path(dir, sizeof dir, path, sizeof path) < 0)
         return -1;
-    snprintf(path, sizeof path, "%s/%s.sock", dir, PYCONMON_KEY);
     if (mkdir(dir, 0700) < 0 && errno != EEXIST)
         return -1;
     /* Only a private directory of our own: nobody else can plant a server. */
@@ -444,7 +467,7 @@ static int connect_server(void)
         return -1;
     fd = connect_to(path);
     if (fd < 0)
-        fd = start_server(dir, path);
+        fd = start_server(path);
     return fd;
 }
 

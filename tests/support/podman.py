@@ -86,8 +86,9 @@ class Podman:
     (/usr/libexec/podman/conmon first, then $PATH).
     """
 
-    def __init__(self, base=None, default_conmon=LAUNCHER, engine_extra=""):
+    def __init__(self, base=None, default_conmon=LAUNCHER, engine_extra="", user=None):
         self.base = base or tempfile.mkdtemp(prefix="pcm-pd-", dir="/tmp")
+        self.user = user  # a pwd entry: rootless Podman, every command run as that user (see rootless_env)
         self.default_conmon = default_conmon
         self.engine_extra = engine_extra
         self.root = os.path.join(self.base, "root")
@@ -117,6 +118,10 @@ class Podman:
             for name in sorted(os.listdir(rootfs)):
                 if not name.startswith(".pyconmon"):
                     t.add(os.path.join(rootfs, name), arcname=name)
+        if self.user:  # the user's own store, configs and tar
+            for d, dirs, files in os.walk(self.base):
+                for name in [d] + [os.path.join(d, x) for x in dirs + files]:
+                    os.chown(name, self.user.pw_uid, self.user.pw_gid)
         r = self("import", "--change", 'CMD ["/bin/sh"]', tar, self.image, conmon=None, timeout=120)
         os.unlink(tar)
         if r.returncode != 0:
@@ -152,9 +157,17 @@ class Podman:
         env["CONTAINERS_STORAGE_CONF"] = self.storage_conf
         for k in ("CONTAINERS_REGISTRIES_CONF", "CONTAINER_HOST", "CONTAINER_CONNECTION", "DOCKER_HOST"):
             env.pop(k, None)
+        if self.user:
+            env.update(rootless_env(self.user))
         if extra:
             env.update(extra)
         return env
+
+    def _as_user(self):
+        """subprocess keywords that run a command as ``self.user`` (nothing for root)."""
+        if not self.user:
+            return {}
+        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
 
     def argv(self, *args, conmon=...):
         """Full podman argv: private storage flags, ``--conmon`` unless ``conmon=None``."""
@@ -179,7 +192,7 @@ class Podman:
         kw = {"input": input} if input is not None else {"stdin": stdin if stdin is not None else subprocess.DEVNULL}
         return subprocess.run(self.argv(*args, conmon=conmon), env=self.env(conmon, env),
                               capture_output=True, text=text, timeout=timeout, check=check,
-                              cwd=cwd or self.base, **kw)
+                              cwd=cwd or self.base, **kw, **self._as_user())
 
     def check_monitor(self, conmon):
         """Make sure Podman really uses ``conmon`` (it silently falls back to $PATH's conmon when the
@@ -198,6 +211,7 @@ class Podman:
         if conmon and self.verify_monitor and conmon not in self._verified:
             self.check_monitor(conmon)
         kw.setdefault("cwd", self.base)
+        kw.update(self._as_user())
         return subprocess.Popen(self.argv(*args, conmon=conmon), env=self.env(conmon, env), **kw)
 
     def inspect(self, cid, fmt, conmon=None):
@@ -240,6 +254,13 @@ class Podman:
             problems.append(f"had to unmount {mp}")
         shutil.rmtree(self.base, ignore_errors=True)
         return problems
+
+
+def rootless_env(user):
+    """What a login gives a user's Podman: HOME, USER, LOGNAME and XDG_RUNTIME_DIR=/run/user/UID
+    (the caller creates that directory, 0700, owned by the user)."""
+    return {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
+            "XDG_RUNTIME_DIR": f"/run/user/{user.pw_uid}"}
 
 
 def run_d(podman, conmon, *args):
