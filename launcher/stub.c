@@ -10,7 +10,9 @@
  * (options, logs, attach socket, ctl FIFOs, OOM, exit files) is done by one
  * long-lived Python server per build key (src/pyconmon/server.py), which
  * gets argv, environment and descriptors over a unix socket (SCM_RIGHTS).
- * Wire format: src/pyconmon/protocol.py.
+ * Wire format: src/pyconmon/protocol.py.  The socket: /run/pyconmon/KEY.sock for real root;
+ * $XDG_RUNTIME_DIR/pyconmon/KEY-USERNS-MNTNS.sock for anyone else, rootless Podman included
+ * (uid 0 of the user's namespace).
  *
  * Server mode is the default.  Classic mode (exec of the classic launcher,
  * PYCONMON_CLASSIC) is the switch-off and the fallback: the mode is classic

@@ -9,7 +9,9 @@ instead of a Python process of its own.
 Facts that shape it:
 
 * The stub binds the socket (in a 0700 directory of its uid: /run/pyconmon
-  for root) and execs the server with the listening fd, so the first
+  for root, $XDG_RUNTIME_DIR/pyconmon for a user and for uid 0 of a user
+  namespace, i.e. rootless Podman, one socket per user and mount namespace)
+  and execs the server with the listening fd, so the first
   container's connect succeeds at once; the hello is answered once Python
   is up.  The socket's name carries the build key, so another install or
   version starts another server and the old one ends when idle.
