@@ -18,8 +18,8 @@
  * PYCONMON_CLASSIC) is the switch-off and the fallback: the mode is classic
  * when PYCONMON_MODE=classic is in the environment or the first word of
  * PYCONMON_MODE_FILE is "classic" (or a word it does not know); "always" is
- * server mode also in a systemd service.  Even in server mode anything the server cannot serve exactly (--sync, journald,
- * passthrough, a systemd *.service cgroup, no server, a refusal) execs the
+ * server mode also in a systemd service.  Even in server mode anything the server cannot serve exactly (--sync,
+ * passthrough, journald without the server's CAP_SYS_ADMIN, a systemd *.service cgroup, no server, a refusal) execs the
  * classic monitor before the start byte is read.  Should the server go away
  * after the start byte but before the runtime runs, the classic monitor is
  * exec'd with _PYCONMON_RESUMED=1: it then neither reads the start byte nor
@@ -150,8 +150,9 @@ static int has_arg(int argc, char **argv, const char *word)
     return 0;
 }
 
-/* Log drivers the server does not serve (journald: entries would name the
- * server's pid; passthrough: the caller's stdio would have to be handed on). */
+/* Log drivers the server does not serve (passthrough: the caller's stdio would
+ * have to be handed on).  journald is the server's call: it serves it when it
+ * may send entries as this process (src/pyconmon/served_journald.py). */
 static int unserved_log_driver(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
@@ -162,7 +163,7 @@ static int unserved_log_driver(int argc, char **argv)
             v = argv[i] + 11;
         else if (strncmp(argv[i], "-l", 2) == 0 && argv[i][2])
             v = argv[i] + 2;
-        if (v && (strncmp(v, "journald", 8) == 0 || strncmp(v, "passthrough", 11) == 0))
+        if (v && strncmp(v, "passthrough", 11) == 0)
             return 1;
     }
     return 0;

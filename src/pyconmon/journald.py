@@ -84,9 +84,11 @@ _PARTIAL = b"CONTAINER_PARTIAL_MESSAGE=true\n"
 _GONE = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.ECONNRESET,
                    errno.EPIPE, errno.EDESTADDRREQ))
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-# How _send_slowly tries an entry: wait for room (at most WAIT_MS), try
+# How _send_one tries an entry: wait for room (at most WAIT_MS), try
 # without waiting while journald is taken for stuck, pass it in a memfd.
 _WAIT, _DROPPING, _MEMFD = range(3)
+# What became of it (_send_one): sent; dropped (counted); journald full, not waited for; journald gone.
+SENT, DROPPED, FULL, GONE = range(4)
 
 KEY_SOCKET = "journald-socket"
 KEY_FULL = "journald-full"
@@ -129,6 +131,7 @@ class JournaldWriter:
     # CONTRACT 5 asks for ``<N>`` priority prefixes; C conmon 2.1.6 leaves
     # such lines alone (PRIORITY from the stream, prefix kept).  One switch.
     priority_prefix = True
+    blocking = True  # sends wait for room (classic); server mode's writer never waits (served_journald.py)
 
     def __init__(self, cid: str, name: str | None, tag: str | None, labels: list[str],
                  partial_messages: bool = True, socket_path: str = JOURNAL_SOCKET,
@@ -159,6 +162,7 @@ class JournaldWriter:
         self._sock: _socket.socket | None = None  # for the smallest entries; None: not connected
         self._bigger: list[_socket.socket | None] = [None] * (len(SNDBUFS) - 1)  # opened as needed
         self._congested_until = 0.0
+        self._credentials: list[tuple[int, int, bytes]] = []  # ancillary data sent with each entry
         self._troubled: set[str] = set()
         self.write_errors = 0  # entries that could not be sent (metrics)
         self.lost_bytes = 0  # their MESSAGE bytes (metrics)
@@ -278,12 +282,14 @@ class JournaldWriter:
         self._bigger = [None] * len(self._bigger)
 
     def _open(self, sndbuf: int) -> _socket.socket:
-        """A blocking socket to journald whose sends wait at most WAIT_MS; raises OSError."""
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+        """A socket to journald whose sends wait at most WAIT_MS (``blocking``) or not at all; raises OSError."""
+        nonblock = 0 if self.blocking else _socket.SOCK_NONBLOCK
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC | nonblock)
         try:
             sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, sndbuf)
-            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO,  # a struct timeval
-                            _struct.pack("@ll", WAIT_MS // 1000, WAIT_MS % 1000 * 1000))
+            if self.blocking:
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO,  # a struct timeval
+                                _struct.pack("@ll", WAIT_MS // 1000, WAIT_MS % 1000 * 1000))
             sock.connect(self.socket_path)
         except OSError:
             sock.close()
@@ -341,54 +347,81 @@ class JournaldWriter:
 
     def _send_slowly(self, payloads: list[bytes], start: int, error: OSError | None) -> None:
         """Entries from ``start`` on, one at a time; ``error``: how the first one failed (after a wait)."""
-        reconnected = False
         for index in range(start, len(payloads)):
-            payload = payloads[index]
-            how = _WAIT
-            while True:
-                if error is None:
-                    if self._sock is None and self._connect() is None:
-                        self._lost(payloads, index, len(payloads))
-                        return
-                    if how == _WAIT and self._congested_until and time.monotonic() < self._congested_until:
-                        how = _DROPPING
-                    try:
-                        sock = self._socket_for(payload)
-                        if how == _MEMFD:
-                            self._send_memfd(sock, payload)
-                        else:
-                            sock.send(payload, 0 if how == _WAIT else _socket.MSG_DONTWAIT)
-                    except OSError as e:
-                        error = e
-                    else:
-                        if self._troubled:
-                            self._recovered()
-                        break
-                code, reason, error = error.errno, error.strerror, None
-                if code == errno.EAGAIN:
-                    if how != _DROPPING:
-                        self._congested_until = time.monotonic() + CONGESTED_S
-                        self._warn(KEY_FULL, "journald: not accepting entries; dropping log lines")
-                    self._lost(payloads, index, index + 1)
-                    break
-                if code in (errno.EMSGSIZE, errno.ENOBUFS) and how != _MEMFD:
-                    how = _MEMFD
-                    continue
-                if code in _GONE:
-                    self._drop_socket()
-                    if reconnected:
-                        self._warn(KEY_SOCKET, f"journald: {self.socket_path} refuses entries: "
-                                               f"{reason}; dropping log lines")
-                        self._lost(payloads, index, len(payloads))
-                        return
-                    reconnected = True
-                    continue
-                self._warn(KEY_SEND, f"journald: cannot send an entry: {reason}; dropping it")
-                self._lost(payloads, index, index + 1)
-                break
+            if self._send_one(payloads[index], error, True) == GONE:
+                self._lost(payloads, index, len(payloads))
+                return
+            error = None
 
-    @staticmethod
-    def _send_memfd(sock: _socket.socket, payload: bytes) -> None:
+    def _send_one(self, payload: bytes, error: OSError | None, wait: bool) -> int:
+        """One entry, through every fallback: SENT, DROPPED (counted), FULL or GONE (not counted).
+
+        ``error``: how its first try failed.  ``wait``: a full journald is
+        waited for (WAIT_MS, then the entry is dropped); else, unless
+        journald is taken for stuck already, the answer is FULL: the caller
+        keeps the entry and tries again when there is room.
+        """
+        how = _WAIT
+        reconnected = False
+        while True:
+            if error is None:
+                if self._sock is None and self._connect() is None:
+                    return GONE
+                if how == _WAIT and self._congested_until and time.monotonic() < self._congested_until:
+                    how = _DROPPING
+                try:
+                    sock = self._socket_for(payload)
+                    if how == _MEMFD:
+                        self._send_memfd(sock, payload, 0 if wait else _socket.MSG_DONTWAIT)
+                    else:
+                        self._transmit(sock, payload, 0 if how == _WAIT and wait else _socket.MSG_DONTWAIT)
+                except OSError as e:
+                    error = e
+                else:
+                    if self._troubled:
+                        self._recovered()
+                    return SENT
+            code, reason = error.errno, error.strerror
+            if code == errno.EAGAIN:
+                if how == _DROPPING:
+                    self._lost([payload], 0, 1)
+                    return DROPPED
+                if not wait:
+                    return FULL
+                self._stuck()
+                self._lost([payload], 0, 1)
+                return DROPPED
+            error = None
+            if code in (errno.EMSGSIZE, errno.ENOBUFS) and how != _MEMFD:
+                how = _MEMFD
+                continue
+            if code in _GONE:
+                self._drop_socket()
+                if reconnected:
+                    self._warn(KEY_SOCKET, f"journald: {self.socket_path} refuses entries: "
+                                           f"{reason}; dropping log lines")
+                    return GONE
+                reconnected = True
+                continue
+            if self._retry_after(code):
+                continue
+            self._warn(KEY_SEND, f"journald: cannot send an entry: {reason}; dropping it")
+            self._lost([payload], 0, 1)
+            return DROPPED
+
+    def _stuck(self) -> None:
+        """journald took nothing for WAIT_MS: drop without waiting for CONGESTED_S (warned once)."""
+        self._congested_until = time.monotonic() + CONGESTED_S
+        self._warn(KEY_FULL, "journald: not accepting entries; dropping log lines")
+
+    def _retry_after(self, code: int | None) -> bool:
+        """Whether a send that failed with ``code`` is worth trying again (after a fix-up)."""
+        return False
+
+    def _transmit(self, sock: _socket.socket, payload: bytes, flags: int) -> None:
+        sock.send(payload, flags)
+
+    def _send_memfd(self, sock: _socket.socket, payload: bytes, flags: int = 0) -> None:
         """The payload in a sealed memfd, passed in an empty datagram."""
         import fcntl
 
@@ -399,6 +432,7 @@ class JournaldWriter:
                 view = view[os.write(fd, view):]
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                         | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
-            sock.sendmsg([], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
+            sock.sendmsg([], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder)),
+                              *self._credentials], flags)
         finally:
             os.close(fd)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 WRITE, REOPEN, FLUSH, SYNC, BARRIER, STOP = range(6)
 BATCH_MAX = 4 << 20  # the most one write of the thread takes
 BATCH_FROM = 256 << 10  # chunks at least this large are written as they are
+PAUSE_REASON = "log"  # stdio.pause_output's reason while the buffer is full
 
 
 class BufferedLogWriter:
@@ -57,7 +58,7 @@ class BufferedLogWriter:
         self.peak = 0  # the most that ever waited (metrics, tests)
         self.full = False
         self.full_count = 0  # times reading was held because the buffer was full
-        self.on_full: Callable[[bool], None] | None = None
+        self.on_full: Callable[[bool, str], None] | None = None
         self.cond = threading.Condition()
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.loop: EventLoop | None = None
@@ -69,8 +70,8 @@ class BufferedLogWriter:
         # The inner writer's counters (write_errors, rotations, ...) for the metrics.
         return getattr(self.__dict__["inner"], name)
 
-    def attach_loop(self, loop: EventLoop, on_full: Callable[[bool], None]) -> None:
-        """Tell ``on_full(True)`` when the buffer is full, ``on_full(False)`` when it has room again."""
+    def attach_loop(self, loop: EventLoop, on_full: Callable[[bool, str], None]) -> None:
+        """Tell ``on_full(True, "log")`` when the buffer is full, ``on_full(False, "log")`` when it has room again."""
         self.loop = loop
         self.on_full = on_full
         loop.add(self.wake, EPOLLIN, self._on_wake)
@@ -95,7 +96,7 @@ class BufferedLogWriter:
     def write(self, stream: int, data: bytes) -> None:
         if self._put((WRITE, stream, data, time.time_ns()), len(data)):
             assert self.on_full is not None
-            self.on_full(True)
+            self.on_full(True, PAUSE_REASON)
 
     def reopen(self) -> None:
         self._put((REOPEN,))
@@ -124,7 +125,7 @@ class BufferedLogWriter:
             if resume:
                 self.full = False
         if resume and self.on_full is not None:
-            self.on_full(False)
+            self.on_full(False, PAUSE_REASON)
 
     def close(self) -> None:
         if self.thread is not None:

@@ -38,10 +38,12 @@ class LogSinks:
         self.sync_at_exit = True  # log.sync = "none" turns it off
 
     @classmethod
-    def from_options(cls, opts: Options, diag: Diagnostics, settings: Settings | None = None) -> LogSinks:
+    def from_options(cls, opts: Options, diag: Diagnostics, settings: Settings | None = None,
+                     served: bool = False) -> LogSinks:
         """Open every driver's writer.  As conmon, the k8s-file logs are opened before the
         last option checks (:func:`~pyconmon.options.validate_log_options`), which may
-        still raise ConfigError."""
+        still raise ConfigError.  ``served``: for the server's shared loop (journald's
+        writer then never blocks, and sends as the stub: served_journald.py)."""
         from .options import ConfigError, validate_log_options
         writers: list[LogWriter] = []
         for driver in opts.log_drivers:
@@ -57,6 +59,8 @@ class LogSinks:
             raise
         if "journald" in opts.log_kinds():  # `-l journald -l journald:` is still one journal writer
             from .journald import JournaldWriter
+            if served:
+                from .served_journald import ServedJournaldWriter as JournaldWriter  # type: ignore[assignment]
             assert opts.cid
             identifier = None
             if settings is not None and settings.journald_identifier:
@@ -70,15 +74,21 @@ class LogSinks:
             sinks.sync_at_exit = settings.log_sync != "none"
             if settings.log_buffer > 0:
                 from .logbuffer import BufferedLogWriter
-                sinks.writers = [BufferedLogWriter(w, settings.log_buffer, settings.log_sync == "rotate")
+                sinks.writers = [w if getattr(w, "own_buffer", False)
+                                 else BufferedLogWriter(w, settings.log_buffer, settings.log_sync == "rotate")
                                  for w in writers]
         return sinks
 
-    def attach_loop(self, loop: EventLoop, on_full: Callable[[bool], None]) -> None:
-        """Buffered writers (log.buffer) tell ``on_full`` when reading must wait for the disk."""
+    def attach_loop(self, loop: EventLoop, on_full: Callable[[bool, str], None]) -> None:
+        """Buffered writers (log.buffer, served journald) tell ``on_full(full, reason)`` when
+        reading must wait for the disk or journald."""
         for writer in self.writers:
             if hasattr(writer, "attach_loop"):
                 writer.attach_loop(loop, on_full)
+
+    def drained(self) -> bool:
+        """Whether every writer has passed on what it was given (served journald may hold a backlog)."""
+        return all(writer.drained() for writer in self.writers if hasattr(writer, "drained"))
 
     def write(self, stream: int, data: bytes) -> None:
         if self.budget >= 0:

@@ -198,7 +198,7 @@ class Monitor:
                 stdio.make_pipes(opts.stdin)
             stdio.on_stdin_closed = lambda: self.children.drop("in")
             if self.sinks is not None:
-                self.sinks.attach_loop(self.loop, lambda full: stdio.pause_output(full, "log"))
+                self.sinks.attach_loop(self.loop, stdio.pause_output)
             limit = self.settings.log_limit() if self.settings is not None and not opts.exec_ else None
             if limit is not None:
                 from .ratelimit import apply_limit
@@ -393,8 +393,12 @@ class Monitor:
         """Until the container exits; then what is left of its output; its wait status."""
         yield lambda: pid in self.statuses
         if self.stdio is not None:
-            while not self.stdio.drain(DRAIN_SLICE if self.shared_loop else None):
-                yield self._next_turn()
+            if not self.shared_loop:
+                self.stdio.drain()
+            else:  # in slices, each waiting for a log that holds a backlog (served journald)
+                sinks = self.sinks
+                while not self.stdio.drain(DRAIN_SLICE, None if sinks is None else lambda: not sinks.drained()):
+                    yield self._next_turn(0.0 if sinks is None or sinks.drained() else ATTACH_FLUSH_POLL_S)
         return self.statuses[pid]
 
     def _next_turn(self, delay: float = 0.0) -> Callable[[], bool]:
@@ -543,6 +547,10 @@ class Monitor:
         if synced is not None:
             yield synced
             self._background = None
+        if self.shared_loop and self.sinks is not None:
+            # Served journald sends as the stub: it must outlive the last entry (served_journald.py).
+            while not self.sinks.drained():
+                yield self._next_turn(ATTACH_FLUSH_POLL_S)
         if self.metrics is not None:
             self.metrics.final()  # before the exit file: who sees it finds the final numbers
         self.children.close_inherited([fd for fd in self.inherited if fd != self.sync.fd])

@@ -135,7 +135,7 @@ class Server:
                 return  # EMFILE and the like: the stub times out and runs classic
             conn.setblocking(True)
             try:
-                pid, uid, _gid = peer_credentials(conn)
+                pid, uid, gid = peer_credentials(conn)
             except OSError:
                 conn.close()
                 continue
@@ -144,7 +144,7 @@ class Server:
                 conn.close()
                 continue
             self.last_active = time.monotonic()
-            session = StubSession(conn, self.loop, self.key, self._on_closed, _checker(pid))
+            session = StubSession(conn, self.loop, self.key, self._on_closed, _checker(pid), (pid, uid, gid))
             self.sessions.add(session)
             self.weight.arm()
 

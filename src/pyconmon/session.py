@@ -11,9 +11,11 @@ byte is read, so nothing is lost), then drives a
 Where the server cannot act exactly as the caller's own process would, it
 answers "classic":
 
-* ``--sync`` (CRI-O ExecSync: CRI-O signals and drains that very process),
-  the passthrough driver (the caller's stdio would have to be handed over)
-  and journald (entries would carry the server's pid and unit);
+* ``--sync`` (CRI-O ExecSync: CRI-O signals and drains that very process)
+  and the passthrough driver (the caller's stdio would have to be handed over);
+* journald when the server may not send entries as the stub (no
+  CAP_SYS_ADMIN: they would carry the server's pid and unit;
+  served_journald.py);
 * metrics (pyconmon.toml ``metrics.dir``: they report the monitor process's
   own memory and CPU);
 * relative paths (the server has its own working directory);
@@ -106,12 +108,14 @@ class StubSession:
     """The server's half of one stub connection."""
 
     def __init__(self, sock: socket.socket, loop: EventLoop, key: bytes, on_closed: Callable[[StubSession], None],
-                 check_peer: Callable[[], str | None] = lambda: None) -> None:
+                 check_peer: Callable[[], str | None] = lambda: None,
+                 peer: tuple[int, int, int] = (0, -1, -1)) -> None:
         self.sock = sock
         self.loop = loop
         self.key = key
         self.on_closed = on_closed
         self.check_peer = check_peer
+        self.peer = peer  # pid, uid, gid of the stub (SO_PEERCRED)
         self.opts: Options | None = None
         self.environ: dict[str, str] = {}
         self.diag: Diagnostics | None = None
@@ -203,8 +207,13 @@ class StubSession:
             return "configuration error"
         if opts.sync:
             return "--sync"
-        if not opts.log_kinds() <= SERVED_LOG_KINDS:
+        kinds = opts.log_kinds()
+        if not kinds <= SERVED_LOG_KINDS | {"journald"}:
             return "log driver"
+        if "journald" in kinds:
+            from .served_journald import can_send_as
+            if not can_send_as(*self.peer):
+                return "journald: cannot send as the monitor process (no CAP_SYS_ADMIN)"
         if not opts.cuuid or not opts.cid:
             return "legacy exec"
         for path in paths_of(opts):
@@ -232,7 +241,7 @@ class StubSession:
         if opts.exec_attach and "_OCI_ATTACHPIPE" not in environ:
             return "no attach pipe"  # classic reports it as C does
         try:
-            self.sinks = LogSinks.from_options(opts, diag, settings)
+            self.sinks = LogSinks.from_options(opts, diag, settings, served=True)
         except ConfigError:
             return "configuration error"  # conmon's checks after opening the k8s-file: classic reports them
         except (OSError, LogPathError):
@@ -254,6 +263,10 @@ class StubSession:
             raise protocol.ProtocolError("fd names do not match the fds")
         named = dict(zip(names, fds, strict=True))
         diag.pid = stub_pid
+        if self.sinks is not None:
+            for writer in self.sinks.writers:
+                if hasattr(writer, "send_as"):  # journald: entries name the stub, as a classic monitor's would
+                    writer.send_as(stub_pid, self.peer[1], self.peer[2])
         key = "data" if opts.api_version else ("exit_code" if opts.exec_ else "pid")
         sync = SyncPipe(named.get("sync"), key)
         attach_fd = named.get("attach")

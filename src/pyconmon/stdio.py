@@ -379,16 +379,17 @@ class ContainerStdio:
         src.eof = True
         self.loop.remove(src.fd)
 
-    def drain(self, budget: int | None = None) -> bool:
+    def drain(self, budget: int | None = None, hold: Callable[[], bool] | None = None) -> bool:
         """After the container exited: read what is left, without blocking.
 
         At most about ``budget`` bytes (server mode: the shared loop serves
-        the other containers between slices); True once everything is read.
+        the other containers between slices), and nothing while ``hold()``
+        (a log writer's backlog); True once everything is read.
         """
         left = budget
         for src in self.sources:
             while not src.eof:
-                if left is not None and left <= 0:
+                if (left is not None and left <= 0) or (hold is not None and hold()):
                     return False
                 n = (self._read_pty_rest(src) if src.is_pty
                      else self.read_source(src, once=True, size=self.read_size, pace=False))

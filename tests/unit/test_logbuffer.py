@@ -57,7 +57,7 @@ def test_full_buffer_holds_reading_until_half_empty():
     events: list[bool] = []
     inner = SlowWriter(10)
     w = BufferedLogWriter(inner, 1000)
-    w.attach_loop(loop, events.append)
+    w.attach_loop(loop, lambda full, reason: events.append(full))
     for _ in range(4):
         w.write(3, b"x" * 300)  # 1200 >= 1000 after the 4th
     assert events == [True] and w.full_count == 1 and w.peak == 1200

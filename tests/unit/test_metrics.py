@@ -92,7 +92,7 @@ def test_buffer_and_writer_counters_come_from_the_monitors_writers(tmp_path):
     buffered = BufferedLogWriter(Inner(), 100)
     loop = EventLoop()
     held = []
-    buffered.attach_loop(loop, held.append)
+    buffered.attach_loop(loop, lambda full, reason: held.append(full))
     buffered.write(2, b"x" * 150)  # over the limit: reading waits once
     buffered.flush()
     sinks = LogSinks([buffered], RecordingDiag())
