@@ -112,3 +112,129 @@ def test_same_entries_as_classic_sent_as_the_stub(testbed, stub, classic, journa
     # What journald derives from the sender's cgroup is the stub's, as a classic monitor's is its own.
     for name in ("_CGROUP", "_SYSTEMD_UNIT", "_SYSTEMD_SLICE"):
         assert {e.get(name) for e in served_entries} == {e.get(name) for e in plain_entries}, name
+
+
+# --------------------------------------------------------------------------
+# a journald that stops reading must not stall the server's other containers
+
+
+@pytest.fixture
+def private_served(testbed, stub, journal):
+    """A journald of the test's own, and a wrapper running the stub in its mount namespace.
+
+    A tmpfs on /run/pyconmon there gives the stubs a server of their own in
+    that namespace (a peer in another mount namespace would run classic), so
+    the server's journal socket is that daemon's; SIGSTOP then stops no one
+    else's journald.
+    """
+    j = start_private_journald(testbed.workdir("journald"))
+    os.makedirs("/run/pyconmon", mode=0o700, exist_ok=True)  # the mount point
+    subprocess.run(["nsenter", "--mount", "--target", str(j.pid), "mount", "-t", "tmpfs", "-o", "mode=0700",
+                    "tmpfs", "/run/pyconmon"], check=True)
+    wrapper = os.path.join(testbed.workdir("wrap"), "conmon")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec nsenter --mount --target {j.pid} {shlex.quote(stub)} \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    ns = os.stat(f"/proc/{j.pid}/ns/mnt").st_ino
+    yield j, wrapper
+    os.kill(j.pid, signal.SIGCONT)
+    for pid in server_pids(lib_dir(stub)):  # the server started in that namespace (it would idle out)
+        try:
+            if os.stat(f"/proc/{pid}/ns/mnt").st_ino == ns:
+                os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    stop_private_journald(j)
+
+
+def numbered_script(n):
+    """``n`` numbered lines of 100 bytes, then wait for USR1 and say ``last``."""
+    flood = f'awk \'BEGIN {{ p = sprintf("%091d", 0); for (i = 1; i <= {n}; i++) printf "%08d %s\\n", i, p }}\''
+    return f"trap 'echo last; exit 0' USR1; {flood}; while :; do sleep 0.05; done"
+
+
+def journal_messages(cid, directory):
+    return [e["MESSAGE"] for e in read_entries({"CONTAINER_ID_FULL": cid}, directory)]
+
+
+@pytest.mark.one_runtime
+@pytest.mark.parametrize("stop_s", [1.5, 4.0], ids=["within-the-2s-bound", "past-the-2s-bound"])
+def test_a_stopped_journald_stalls_only_its_own_container(testbed, private_served, stop_s):
+    """journald SIGSTOPped while a served container floods it: another container of the same
+    server (k8s-file) keeps logging; the flood loses nothing within the 2 s bound and, past
+    it, loses whole lines only, in order, and logs again once journald is back."""
+    j, wrapper = private_served
+    n = 30000  # 3 MB: more than the pipe holds, so the flood is held up while journald is stopped
+    flood = testbed.run(wrapper, ["sh", "-c", numbered_script(n)], log_driver=["journald:"], name="flood",
+                         start=False)
+    ticker = testbed.run(wrapper, ["sh", "-c", "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.05; done"],
+                         start=True)
+    assert flood.container_pid and ticker.container_pid
+    for m in (flood, ticker):
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(testbed_stub(wrapper))  # both served
+    servers = {pid for pid in server_pids(lib_dir(testbed_stub(wrapper)))
+               if os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat(f"/proc/{j.pid}/ns/mnt").st_ino}
+    assert len(servers) == 1  # one server for both
+    poll_until(lambda: len(ticker.log_records()) >= 2, what="ticker logging")
+    os.kill(j.pid, signal.SIGSTOP)
+    try:
+        flood.start_container()
+        stopped_at = time.monotonic()
+        before = len(ticker.log_records())
+        # The stimulus: journald takes nothing for stop_s; meanwhile the other container's log grows.
+        poll_until(lambda: len(ticker.log_records()) >= before + 10, timeout=stop_s, what="ticker while stopped")
+        time.sleep(max(0.0, stop_s - (time.monotonic() - stopped_at)))
+        assert open(f"/proc/{j.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T"  # still stopped
+        assert not os.path.exists(flood.exit_file)
+    finally:
+        os.kill(j.pid, signal.SIGCONT)
+    runtime_kill(flood, "USR1")
+    assert flood.wait_exit_file(120) == 0, flood.describe()
+    got = journal_entries({"CONTAINER_ID_FULL": flood.cid}, timeout=60, directory=j.directory,
+                          until=lambda es: any(e["MESSAGE"] == b"last\n" for e in es))
+    lines = [e["MESSAGE"] for e in got]
+    assert lines[-1] == b"last\n"
+    lines = lines[:-1]
+    numbers = [int(x[:8]) for x in lines]
+    assert lines == [b"%08d %s\n" % (i, b"0" * 91) for i in numbers]  # whole lines
+    assert numbers == sorted(set(numbers))  # in order, none twice
+    if stop_s < 2:
+        assert numbers == list(range(1, n + 1))  # nothing lost
+    else:
+        assert numbers[:1] == [1] and len(numbers) < n  # queued before the stop; then some dropped
+    runtime_kill(ticker)
+    assert ticker.wait_exit_file(20) == 137
+
+
+def testbed_stub(wrapper):
+    """The stub a private_served wrapper execs."""
+    return shlex.split(open(wrapper).read().splitlines()[1])[-2]
+
+
+# --------------------------------------------------------------------------
+# Podman
+
+
+def test_podman_logs_of_a_served_journald_container(podman_clean, stub, journal, tmp_path):
+    """``podman run --log-driver journald`` with the stub as conmon: served (the entries' sender is the
+    stub Podman started, whose pid Podman records as ConmonPid), and ``podman logs`` reads them back."""
+    cidfile = tmp_path / "cid"
+    script = ("echo out1; echo err1 >&2; head -c 20000 /dev/zero | tr '\\0' y; echo; "
+              "echo err2 >&2; printf 'no newline'")
+    r = podman_clean("run", "-d", "--log-driver", "journald", "--name", "jd-served", "--cidfile", cidfile,
+                     "busybox", "sh", "-c", f"trap 'exit 0' USR1; {script}; while :; do sleep 0.05; done",
+                     conmon=stub)
+    assert r.returncode == 0, r.stderr
+    cid = cidfile.read_text().strip()
+    conmon_pid = podman_clean("inspect", "--format", "{{.State.ConmonPid}}", cid, conmon=stub).stdout.strip()
+    assert os.readlink(f"/proc/{conmon_pid}/exe") == os.path.realpath(stub)  # served, not classic
+    journal_entries({"CONTAINER_ID_FULL": cid}, count=6)  # all but the unfinished line (sent at the exit)
+    assert podman_clean("kill", "-s", "USR1", cid, conmon=stub).returncode == 0
+    assert podman_clean("wait", cid, conmon=stub).stdout.strip() == "0"
+    entries = journal_entries({"CONTAINER_ID_FULL": cid}, count=7)
+    assert {e["_PID"] for e in entries} == {conmon_pid.encode()}
+    assert {e["_EXE"] for e in entries} == {os.path.realpath(stub).encode()}
+    assert {e["CONTAINER_NAME"] for e in entries} == {b"jd-served"}
+    logs = podman_clean("logs", cid, conmon=stub)
+    assert logs.returncode == 0, logs.stderr
+    assert (logs.stdout, logs.stderr) == ("out1\n" + "y" * 20000 + "\nno newline", "err1\nerr2\n")

@@ -92,7 +92,6 @@ def test_a_caller_it_can_serve_gets_ok_and_the_foreground_lines(server: Server, 
 @pytest.mark.parametrize(("extra", "key", "cwd", "reason"), [
     ((), b"other-key", "/", b"another pyconmon version"),
     (("--sync",), KEY, "/", b"--sync"),
-    (("-l", "journald:"), KEY, "/", b"log driver"),
     (("-l", "passthrough"), KEY, "/", b"log driver"),
     (("--persist-dir", "relative/dir"), KEY, "/", b"relative path"),
     (("--log-level", "shouting"), KEY, "/", b"configuration error"),
@@ -104,6 +103,22 @@ def test_what_it_cannot_serve_exactly_goes_classic(server: Server, tmp_path: Pat
     protocol.send(c, protocol.HELLO, hello(tmp_path, *extra, key=key, cwd=cwd))
     assert answer(server, c) == (protocol.CLASSIC, [reason])
     assert answer(server, c) is None  # and the connection is closed
+    c.close()
+
+
+def test_journald_is_served_when_the_server_can_send_as_the_stub(server: Server, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root (CAP_SYS_ADMIN): served, entries name the stub (served_journald.py); else classic."""
+    c = connect(server)
+    protocol.send(c, protocol.HELLO, hello(tmp_path, "-l", "journald:"))
+    assert answer(server, c) == (protocol.OK, [b""])
+    c.close()
+    # Without the capability (can_send_as is checked for real in tests/unit/test_served_journald.py)
+    monkeypatch.setattr("pyconmon.served_journald.can_send_as", lambda pid, uid, gid: False)
+    c = connect(server)
+    protocol.send(c, protocol.HELLO, hello(tmp_path, "-l", "journald:"))
+    assert answer(server, c) == (protocol.CLASSIC, [b"journald: cannot send as the monitor process "
+                                                    b"(no CAP_SYS_ADMIN)"])
     c.close()
 
 
