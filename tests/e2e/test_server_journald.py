@@ -13,7 +13,6 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -64,7 +63,7 @@ def by_stream(entries, stream):
 
 
 def run_journald_container(testbed, monitor, journal_dir=None):
-    """A container logging SCRIPT to journald; (monitor, entries before its exit, /proc facts, all entries)."""
+    """A container logging SCRIPT to journald: (monitor, /proc facts of its monitor, all its entries)."""
     m = testbed.run(monitor, ["sh", "-c", SCRIPT], log_driver=["journald:"],
                     extra_args=["--log-tag", "tagged", "--log-label", "STAGE=test"], name="jd-same")
     assert m.container_pid, m.describe()
@@ -83,9 +82,9 @@ def run_journald_container(testbed, monitor, journal_dir=None):
 
 def test_same_entries_as_classic_sent_as_the_stub(testbed, stub, classic, journal):
     """Field by field what the classic monitor logs; the trusted fields name the stub, not the server."""
-    served, served_proc, served_entries = run_journald_container(testbed, stub)
+    _, served_proc, served_entries = run_journald_container(testbed, stub)
     assert served_proc["exe"] == os.path.realpath(stub)  # served: the monitor process stayed the stub
-    plain, plain_proc, plain_entries = run_journald_container(testbed, classic)
+    _, plain_proc, plain_entries = run_journald_container(testbed, classic)
     assert plain_proc["exe"] != os.path.realpath(stub)  # classic: the stub exec'd the Python monitor
 
     # Per stream (how stdout and stderr interleave depends on when each was read)
