@@ -144,6 +144,11 @@ def test_only_a_process_with_cap_sys_admin_can_send_as_another(sleeper: subproce
     out = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-I", "-S", "-c", probe],
                          capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
+    # a rootless server: another uid has no capabilities at all
+    out = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                          "-I", "-S", "-c", probe.replace(", 0, 0)", ", 65534, 65534)")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
 
 
 def test_a_full_journal_never_blocks_and_holds_reading_until_it_takes_everything(journal: Journal) -> None:
