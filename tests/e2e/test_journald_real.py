@@ -8,12 +8,17 @@ stored in order.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
 from pyconmon.journald import LINE_BUF, JournaldWriter
+from pyconmon.loop import EventLoop
+from pyconmon.served_journald import ServedJournaldWriter
 from support.diag import RecordingDiag
 from support.journald_service import Entry, JournaldService, journal_entries
 
@@ -128,25 +133,43 @@ def test_100k_line_is_split_into_partial_entries(journal: str) -> None:
     w.close()
 
 
-def test_entry_too_big_for_a_datagram_goes_by_memfd(journal: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("served", [False, True], ids=["classic", "served-as-another-pid"])
+def test_entry_too_big_for_a_datagram_goes_by_memfd(journal: str, monkeypatch: pytest.MonkeyPatch,
+                                                    served: bool) -> None:
+    """Also from server mode's writer, whose entries name another process (served_journald.py)."""
     cid = new_cid()
     used: list[int] = []
     real = JournaldWriter._send_memfd
 
-    def counting(sock: object, payload: bytes) -> None:
+    def counting(self: JournaldWriter, sock: socket.socket, payload: bytes, flags: int = 0) -> None:
         used.append(len(payload))
-        real(sock, payload)  # type: ignore[arg-type]
+        real(self, sock, payload, flags)
 
-    monkeypatch.setattr(JournaldWriter, "_send_memfd", staticmethod(counting))
+    monkeypatch.setattr(JournaldWriter, "_send_memfd", counting)
     big = "B" * (300 * 1024)  # beyond the writer's largest send buffer (128 KiB)
-    w = JournaldWriter(cid, None, None, [f"BIGLABEL={big}"], socket_path=journal)
-    w.write(2, b"x" * 9000 + b"\nsmall\n")
-    got = journal_entries({"CONTAINER_ID_FULL": cid}, count=3)
+    sender = subprocess.Popen(["sleep", "60"])
+    loop = EventLoop()
+    try:
+        if served:
+            w: JournaldWriter = ServedJournaldWriter(cid, None, None, [f"BIGLABEL={big}"], socket_path=journal)
+            w.attach_loop(loop, lambda full, reason: None)
+            w.send_as(sender.pid, os.getuid(), os.getgid())
+        else:
+            w = JournaldWriter(cid, None, None, [f"BIGLABEL={big}"], socket_path=journal)
+        w.write(2, b"x" * 9000 + b"\nsmall\n")
+        got = journal_entries({"CONTAINER_ID_FULL": cid}, count=3)
+        w.close()
+    finally:
+        sender.kill()
+        sender.wait()
+        loop.close()
     assert [(len(e["MESSAGE"]), "CONTAINER_PARTIAL_MESSAGE" in e) for e in got] == [  # type: ignore[arg-type]
         (8192, True), (809, False), (6, False)]
     assert all(e["BIGLABEL"] == big.encode() for e in got)
     assert len(used) == 3 and min(used) > 300 * 1024
-    w.close()
+    assert {e["_PID"] for e in got} == {str(sender.pid if served else os.getpid()).encode()}
+    if served:
+        assert {e["_COMM"] for e in got} == {b"sleep"}
 
 
 def test_labels(journal: str) -> None:

@@ -170,8 +170,8 @@ def test_a_stopped_journald_stalls_only_its_own_container(testbed, private_serve
                          start=True)
     assert flood.container_pid and ticker.container_pid
     for m in (flood, ticker):
-        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(testbed_stub(wrapper))  # both served
-    servers = {pid for pid in server_pids(lib_dir(testbed_stub(wrapper)))
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub_of_wrapper(wrapper))  # both served
+    servers = {pid for pid in server_pids(lib_dir(stub_of_wrapper(wrapper)))
                if os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat(f"/proc/{j.pid}/ns/mnt").st_ino}
     assert len(servers) == 1  # one server for both
     poll_until(lambda: len(ticker.log_records()) >= 2, what="ticker logging")
@@ -205,7 +205,7 @@ def test_a_stopped_journald_stalls_only_its_own_container(testbed, private_serve
     assert ticker.wait_exit_file(20) == 137
 
 
-def testbed_stub(wrapper):
+def stub_of_wrapper(wrapper):
     """The stub a private_served wrapper execs."""
     return shlex.split(open(wrapper).read().splitlines()[1])[-2]
 

@@ -16,8 +16,8 @@ import statistics
 import subprocess
 import time
 
-from ..container import Run
-from ..system import BUSYBOX, BenchFailure, journald_service
+from ..container import Monitor, Run
+from ..system import BUSYBOX, BenchFailure, journald_service, proc_stat
 from ..verify import AttachReader, check_stream, journal_barrier, journal_stream, k8s_stream
 from . import Row, Section, register
 
@@ -104,10 +104,15 @@ class LoggingSection(Section):
                            self.wall_target))
         return out
 
-    def logging_run(self, mon, wl):
-        """Monitor CPU and wall time for one workload under one monitor."""
+    def logging_run(self, mon, wl, suffix=""):
+        """Monitor CPU and wall time for one workload under one monitor (metrics ``.../cpu_s<suffix>``).
+
+        A monitor labelled "server mode" (``self.server_libdir`` set) is the stub plus the shared
+        server: the server's utime+stime gained over the run is added to the stub's CPU."""
         mode = self.name
         bench = self.bench
+        served = mon.label.endswith("server mode")
+        server, server_cpu0 = None, 0.0
         timeout = bench.args.timeout
         if bench.args.generator == "file" and wl.stderr is None:  # a file is one stream
             gendir = bench.gendir
@@ -122,12 +127,24 @@ class LoggingSection(Section):
         run = Run(bench, mon, args, log_driver="journald" if mode == "journald" else "k8s", bundle_edit=bundle_edit)
         client = None
         try:
+            if served:
+                server, server_cpu0 = self.the_server()
             run.create()
+            if served:
+                exe = os.readlink(f"/proc/{run.daemon_pid}/exe")
+                if exe != os.path.realpath(mon.path):
+                    raise BenchFailure(f"container {run.cid[:12]} not in server mode (monitor runs {exe})")
             if mode == "attach":
                 client = AttachReader(run.m.attach_path)
             t0 = run.start()
             t1, code = run.wait_exit(timeout)
             cpu = run.monitor_cpu()
+            if served:
+                server_cpu1 = self.the_server()[1]
+                if self.the_server()[0] != server:
+                    raise BenchFailure(f"the pyconmon server {server} went away during the run")
+                cpu["server_cpu_s"] = server_cpu1 - server_cpu0
+                cpu["cpu_s"] += cpu["server_cpu_s"]
             wall = t1 - t0
             if code != 0:
                 raise BenchFailure(f"container exit code {code}")
@@ -158,18 +175,21 @@ class LoggingSection(Section):
                     bad.append(f"unexpected packets: {a['stderr_bytes']} stderr bytes, {a['other']} unknown")
                 if bad:
                     raise BenchFailure("; ".join(bad))
-            self.results.add(f"{mode}/{wl.key}/cpu_s", mon, cpu["cpu_s"], detail)
-            self.results.add(f"{mode}/{wl.key}/wall_s", mon, wall)
+            self.results.add(f"{mode}/{wl.key}/cpu_s{suffix}", mon, cpu["cpu_s"], detail)
+            self.results.add(f"{mode}/{wl.key}/wall_s{suffix}", mon, wall)
             extra = f"  attach {detail['attach']['packets']} packets" if "attach" in detail else ""
             if cpu.get("voluntary_ctxt_switches") is not None:
                 extra += f"  {cpu['voluntary_ctxt_switches']:,} sleeps"
-            print(f"    {mon.name:8} CPU {cpu['cpu_s']:7.3f} s (stat {cpu['stat_cpu_s']:.2f}; "
+            if served:
+                extra += f"  (server {cpu['server_cpu_s']:.2f} s)"
+            name = "server" if served else mon.name
+            print(f"    {name:8} CPU {cpu['cpu_s']:7.3f} s (stat {cpu['stat_cpu_s']:.2f}; "
                   f"start-up {cpu['cpu_first_s']:.3f})  "
                   f"wall {wall:7.3f} s  {got['records']:,} records{extra}  ok (checked in {verify_s:.1f} s)",
                   flush=True)
         except (BenchFailure, TimeoutError, OSError, subprocess.SubprocessError, ValueError, AssertionError) as e:
-            self.results.fail(f"{mode} {wl.key} {mon.name}", e if isinstance(e, BenchFailure) else repr(e), mon,
-                              (f"{mode}/{wl.key}/cpu_s", f"{mode}/{wl.key}/wall_s"))
+            self.results.fail(f"{mode} {wl.key} {mon.label}", e if isinstance(e, BenchFailure) else repr(e), mon,
+                              (f"{mode}/{wl.key}/cpu_s{suffix}", f"{mode}/{wl.key}/wall_s{suffix}"))
         finally:
             if client is not None:
                 client.kill()
@@ -220,12 +240,61 @@ class K8sFile(LoggingSection):
 
 @register
 class Journald(LoggingSection):
+    """Also C conmon against pyconmon in server mode (the density section's install), in pairs of
+    their own (metrics ``..._server``), while an idle served container keeps the server up, so that
+    the server's start-up is not one run's cost; where the stub cannot be built, only C and classic."""
+
     name = "journald"
     title = "journald"
     cpu_target = (1.0, "ratio")  # issue 13
+    served = None
+    keeper = None
 
     def workloads(self):
         return self.bench.jworkloads
+
+    def setup(self):
+        from .density import no_static_libc, server_mode_install  # not at the top: table order is import order
+        super().setup()
+        if no_static_libc() is not None:
+            return
+        prefix = server_mode_install(self.bench)
+        self.server_libdir = os.path.join(prefix, "lib", "pyconmon")
+        self.served = Monitor("pyconmon", "pyconmon server mode", os.path.join(prefix, "bin", "conmon"))
+        self.keeper = Run(self.bench, self.served, ["sleep", "100000"])
+        self.keeper.create()
+        self.keeper.start()
+
+    def teardown(self):
+        if self.keeper is not None:
+            self.keeper.close()
+            self.keeper = None
+
+    def the_server(self):
+        """(pid, utime+stime in s) of the one server of the server-mode install."""
+        from .density import server_pids
+        pids = server_pids(self.server_libdir)
+        if len(pids) != 1:
+            raise BenchFailure(f"expected one pyconmon server, found {pids}")
+        return pids[0], proc_stat(pids[0])[1]
+
+    def run_round(self, rnd):
+        for wl in self.workloads():
+            print(f"  {self.name}: {wl.label}", flush=True)
+            for mon in self.order(f"{self.name}/{wl.key}"):
+                self.logging_run(mon, wl)
+            if self.served is not None:
+                for mon in self.results.order(f"{self.name}/{wl.key}/server", [self.bench.monitors[0], self.served]):
+                    self.logging_run(mon, wl, "_server")
+
+    def rows(self):
+        out = super().rows()
+        if self.served is not None or any(m.endswith("_server") for m in self.results.samples):
+            for wl in self.workloads():
+                out.append(Row(f"{wl.label}: monitor CPU, pyconmon in server mode (s)",
+                               f"{self.name}/{wl.key}/cpu_s_server", "s"))
+                out.append(Row(f"{wl.label}: wall, server mode (s)", f"{self.name}/{wl.key}/wall_s_server", "s"))
+        return out
 
     def unavailable(self):
         reason = journald_service.unavailable_reason()
