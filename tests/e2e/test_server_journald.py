@@ -113,6 +113,27 @@ def test_same_entries_as_classic_sent_as_the_stub(testbed, stub, classic, journa
         assert {e.get(name) for e in served_entries} == {e.get(name) for e in plain_entries}, name
 
 
+def test_server_killed_the_classic_monitor_goes_on_as_the_same_sender(testbed, stub, classic, journal):
+    """SIGKILL to the server of an idle journald container: the stub execs the classic monitor, which
+    adopts it; every line arrives once, in order, all from the one pid the caller knows as conmon."""
+    script = "trap : USR1; seq 1 1000; sleep 1000000 & wait $!; seq 1001 2000; echo end"
+    m = testbed.run(stub, ["sh", "-c", script], log_driver=["journald:"])
+    match = {"CONTAINER_ID_FULL": m.cid}
+    journal_entries(match, until=lambda es: any(e["MESSAGE"] == b"1000\n" for e in es))
+    ours = {os.stat("/proc/self/ns/mnt").st_ino}
+    (server,) = [p for p in server_pids(lib_dir(stub)) if os.stat(f"/proc/{p}/ns/mnt").st_ino in ours]
+    os.kill(server, signal.SIGKILL)
+    poll_until(lambda: os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(classic), 15,
+               what="the classic monitor takes the container over in the stub's process")
+    runtime_kill(m, "USR1")
+    assert m.wait_exit_file(30) == 0
+    entries = journal_entries(match, until=lambda es: any(e["MESSAGE"] == b"end\n" for e in es))
+    assert [e["MESSAGE"] for e in entries] == [b"%d\n" % i for i in range(1, 2001)] + [b"end\n"]
+    assert {e["_PID"] for e in entries} == {str(m.pid).encode()}
+    assert {e["_EXE"] for e in entries[:1000]} == {os.path.realpath(stub).encode()}  # served, as the stub
+    # (later entries' _EXE: journald caches what it read of a pid's /proc for a few seconds)
+
+
 # --------------------------------------------------------------------------
 # a journald that stops reading must not stall the server's other containers
 
