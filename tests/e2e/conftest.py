@@ -13,6 +13,8 @@
 - ``journal``: a real systemd-journald (tests/support/journald_service.py),
   skipped where there is none.
 - ``small_tmpfs``: a 1 MiB tmpfs for a log that fills its disk.
+- ``stub``/``classic``: that install's stub (the ``conmon`` under test in the
+  server-mode tests) and its classic monitor (``lib/pyconmon/classic/conmon``).
 """
 
 import os
@@ -41,6 +43,17 @@ def server_mode_conmon(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     return install_podman_conmon(tmp_path_factory.getbasetemp() / "server-mode-conmon", server_mode=True)
+
+
+@pytest.fixture(scope="module")
+def stub(server_mode_conmon):
+    return server_mode_conmon
+
+
+@pytest.fixture(scope="module")
+def classic(stub):
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(stub)))
+    return os.path.join(prefix, "lib", "pyconmon", "classic", "conmon")
 
 
 @pytest.fixture

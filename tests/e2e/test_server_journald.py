@@ -18,8 +18,6 @@ import time
 import pytest
 
 from support.harness import poll_until, runtime_kill, server_pids
-from support.installed import install_podman_conmon
-from support.installed import unavailable_reason as install_unavailable
 from support.journald_service import (
     journal_entries,
     read_entries,
@@ -33,19 +31,6 @@ SCRIPT = ("echo out1; echo err1 >&2; echo '<2>crit line'; head -c 20000 /dev/zer
 TRUSTED = ("_PID", "_COMM", "_EXE", "_CMDLINE", "_CGROUP", "_UID", "_GID", "_CAP_EFFECTIVE",
            "_SYSTEMD_UNIT", "_SYSTEMD_SLICE")
 PER_RUN = ("CONTAINER_ID_FULL", "CONTAINER_ID")  # each run has a container of its own
-
-
-@pytest.fixture(scope="module")
-def stub(tmp_path_factory):
-    reason = install_unavailable()
-    if reason:
-        pytest.skip(reason)
-    return install_podman_conmon(tmp_path_factory.mktemp("server-journald"), server_mode=True)
-
-
-@pytest.fixture(scope="module")
-def classic(stub):
-    return os.path.join(lib_dir(stub), "classic", "conmon")
 
 
 def lib_dir(stub):

@@ -24,17 +24,6 @@ from support.installed import install_podman_conmon
 LONG = ["sh", "-c", "echo out; echo err >&2; exec sleep 600"]
 
 
-@pytest.fixture(scope="module")
-def stub(server_mode_conmon):
-    return server_mode_conmon
-
-
-@pytest.fixture(scope="module")
-def classic(stub):
-    prefix = os.path.dirname(os.path.dirname(os.path.dirname(stub)))
-    return os.path.join(prefix, "lib", "pyconmon", "classic", "conmon")
-
-
 def servers_of(stub):
     """Pids of the running servers of this install (their command line names its lib dir)."""
     prefix = os.path.dirname(os.path.dirname(os.path.dirname(stub)))
