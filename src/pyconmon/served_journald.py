@@ -21,7 +21,9 @@ Facts that shape it:
   container's backlog, in order, reading of its output is paused (its pipe
   fills: that is the back-pressure, as with the classic writer), and the
   loop retries on EPOLLOUT.  The backlog is bounded by one read of output
-  (the stdio reads one chunk per event and stops once paused).  If journald
+  (the stdio reads one chunk, SHARED_READ_CHUNK, per event and stops once
+  paused; the drain at exit waits for the backlog between reads), except
+  for the output held while the runtime ran, released at once.  If journald
   takes nothing for WAIT_MS, it is taken for stuck as in classic mode: the
   backlog is dropped (one warning, whole entries, counted lost), reading
   resumes and entries are dropped without waiting for CONGESTED_S or until
