@@ -144,6 +144,11 @@ class ServedJournaldWriter(JournaldWriter):
                         backlog.popleft()
                         progressed = True
                     break
+                except BlockingIOError:  # journald is busy: the common case, no fallback applies
+                    if progressed:
+                        self._progress = time.monotonic()
+                    self._wait_for_room()
+                    return
                 except OSError as e:
                     error = e
             outcome = self._send_one(backlog[0], error, False)
