@@ -147,7 +147,9 @@ def private_served(testbed, stub, journal):
             if os.stat(f"/proc/{pid}/ns/mnt").st_ino == ns:
                 os.kill(pid, signal.SIGTERM)
         except OSError:
-            pass
+            continue
+        # gone before other tests of this install count its servers
+        poll_until(lambda pid=pid: pid not in server_pids(lib_dir(stub)), 10, what=f"server {pid} gone")
     stop_private_journald(j)
 
 
