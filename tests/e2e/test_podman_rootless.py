@@ -139,24 +139,46 @@ def _private_podman(base, name, user, conmon):
     return Podman(base=d, default_conmon=conmon, user=user).setup()
 
 
-@pytest.fixture(scope="module", params=["classic", "server"])
-def rootless(request, rootless_base, rootless_user):
-    """(podman, conmon, mode): the user's private Podman, pointed at an install of that mode."""
-    mode = request.param
-    conmon = install_podman_conmon(os.path.join(rootless_base, mode), server_mode=mode == "server")
-    podman = _private_podman(rootless_base, f"pd-{mode}", rootless_user, conmon)
-    yield podman, conmon, mode
-    podman.teardown()
+@pytest.fixture(scope="module")
+def rootless_podmans(rootless_base, rootless_user):
+    """mode -> (podman, conmon, mode), made on first use: the user's private Podman, pointed at
+    an install of that mode."""
+    made = {}
+
+    def get(mode):
+        if mode not in made:
+            conmon = install_podman_conmon(os.path.join(rootless_base, mode), server_mode=mode == "server")
+            made[mode] = (_private_podman(rootless_base, f"pd-{mode}", rootless_user, conmon), conmon, mode)
+        return made[mode]
+
+    yield get
+    for podman, _conmon, _mode in made.values():
+        podman.teardown()
+
+
+@pytest.fixture(params=["classic", "server"])
+def rootless(request, rootless_podmans):
+    return rootless_podmans(request.param)
+
+
+@pytest.fixture
+def rootless_server(rootless_podmans):
+    return rootless_podmans("server")
 
 
 def _user_ns(pid):
     return os.stat(f"/proc/{pid}/ns/user").st_ino
 
 
-def _server_of(conmon, user):
-    """The one server of this install that runs as ``user`` (server mode)."""
+def _servers_of(conmon, user):
+    """Pids of the servers of this install that run as ``user``."""
     lib = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(conmon))), "lib", "pyconmon")
-    mine = [p for p in server_pids(lib) if _proc_uid(p) == user.pw_uid]
+    return [p for p in server_pids(lib) if _proc_uid(p) == user.pw_uid]
+
+
+def _server_of(conmon, user, monitor):
+    """The one server of this install that runs as ``user`` in ``monitor``'s user namespace."""
+    mine = [p for p in _servers_of(conmon, user) if _user_ns(p) == _user_ns(monitor)]
     assert len(mine) == 1, mine
     return mine[0]
 
@@ -190,8 +212,7 @@ def test_detached_logs_exec_stop(rootless, rootless_user):
         assert _user_ns(monitor) != _user_ns(os.getpid())
         assert os.readlink(f"/proc/{monitor}/exe") == os.path.realpath(conmon)
         if mode == "server":
-            server = _server_of(conmon, rootless_user)
-            assert _user_ns(server) == _user_ns(monitor)  # started by the user's stub, in its namespace
+            server = _server_of(conmon, rootless_user, monitor)  # started by the user's stub, in its namespace
             sock = _socket_of(server)
             run_dir = f"/run/user/{rootless_user.pw_uid}/pyconmon"
             assert os.path.dirname(sock) == run_dir
@@ -212,15 +233,13 @@ def test_detached_logs_exec_stop(rootless, rootless_user):
         podman.rm(cid)
 
 
-def test_users_server_turns_real_root_away(rootless, rootless_user):
+def test_users_server_turns_real_root_away(rootless_server, rootless_user):
     """Real root is no uid of the user's namespace (SO_PEERCRED gives the overflow uid): the
     server closes the connection without a word, before it even reads the hello."""
-    podman, conmon, mode = rootless
-    if mode != "server":
-        pytest.skip("server mode only")
+    podman, conmon, _mode = rootless_server
     cid = run_d(podman, conmon, "busybox", "sleep", "600")  # a container keeps the server up
     try:
-        server = _server_of(conmon, rootless_user)
+        server = _server_of(conmon, rootless_user, int(podman.inspect(cid, "{{.State.ConmonPid}}")))
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
             s.settimeout(SLOW)
             s.connect(_socket_of(server))
@@ -241,12 +260,10 @@ def test_users_server_turns_real_root_away(rootless, rootless_user):
         podman.rm(cid)
 
 
-def test_each_user_namespace_gets_its_own_server(rootless, rootless_base, rootless_user):
+def test_each_user_namespace_gets_its_own_server(rootless_server, rootless_base, rootless_user):
     """Another Podman of the same user (another --tmpdir: another pause process, so another user
     namespace) gets a server of its own, beside the first, and both serve."""
-    podman, conmon, mode = rootless
-    if mode != "server":
-        pytest.skip("server mode only")
+    podman, conmon, _mode = rootless_server
     other = _private_podman(rootless_base, "pd-other", rootless_user, conmon)
     cids = []
     try:
@@ -255,8 +272,7 @@ def test_each_user_namespace_gets_its_own_server(rootless, rootless_base, rootle
         monitors = [int(p.inspect(c, "{{.State.ConmonPid}}")) for p, c in cids]
         assert _user_ns(monitors[0]) != _user_ns(monitors[1])
         assert all(os.readlink(f"/proc/{m}/exe") == os.path.realpath(conmon) for m in monitors)  # both served
-        lib = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(conmon))), "lib", "pyconmon")
-        servers = [p for p in server_pids(lib) if _proc_uid(p) == rootless_user.pw_uid]
+        servers = _servers_of(conmon, rootless_user)
         assert sorted(_user_ns(s) for s in servers) == sorted(_user_ns(m) for m in monitors)
         for p, c in cids:
             r = p("exec", c, "echo", "ok", conmon=conmon, timeout=SLOW)
@@ -276,5 +292,43 @@ def test_rootless_env_is_what_podman_hands_conmon(rootless, rootless_user):
         with open(f"/proc/{monitor}/environ", "rb") as f:
             env = dict(x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x)
         assert env[b"XDG_RUNTIME_DIR"].decode() == rootless_env(rootless_user)["XDG_RUNTIME_DIR"]
+    finally:
+        podman.rm(cid)
+
+
+def test_stdin_through_the_attach_socket(rootless):
+    """``run -i``: Podman writes stdin through the monitor's attach socket (in the user's runroot)."""
+    podman, conmon, _mode = rootless
+    r = podman("run", "--rm", "-i", "busybox", "sh", "-c", "cat; echo done >&2", conmon=conmon,
+               input="line one\nline two\n", timeout=SLOW)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "line one\nline two\n", "done\n")
+
+
+def test_server_killed_the_users_classic_monitor_takes_over(rootless_server, rootless_user):
+    """No shared fate, rootless too: the user's server is killed under a running container; its stub
+    execs the classic monitor, which goes on logging, and ``stop`` still gets the exit code."""
+    podman, conmon, _mode = rootless_server
+    ticker = "trap 'echo bye; exit 7' TERM; i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done"
+    cid = run_d(podman, conmon, "busybox", "sh", "-c", ticker)
+    try:
+        monitor = int(podman.inspect(cid, "{{.State.ConmonPid}}"))
+        poll_until(lambda: "tick 1\n" in podman("logs", cid, conmon=conmon).stdout, SLOW, what="ticks logged")
+        os.kill(_server_of(conmon, rootless_user, monitor), signal.SIGKILL)
+        classic = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(conmon))),
+                               "lib", "pyconmon", "classic", "conmon")
+        poll_until(lambda: os.readlink(f"/proc/{monitor}/exe") == classic, SLOW, what="the classic takeover")
+        before = podman("logs", cid, conmon=conmon).stdout.count("tick")
+        poll_until(lambda: podman("logs", cid, conmon=conmon).stdout.count("tick") >= before + 3, SLOW,
+                   what="ticks logged after the takeover")
+        r = podman("stop", "-t", "10", cid, conmon=conmon, timeout=SLOW)
+        assert r.returncode == 0, r.stderr
+        assert exit_code(podman, cid) == "exited 7"
+        out = podman("logs", cid, conmon=conmon).stdout.splitlines()
+        assert out[-1] == "bye"
+        ticks = [int(line.split()[1]) for line in out[:-1]]
+        # In order, none twice; at most the line in flight at the kill is lost (README: what the
+        # server had read and not yet written).
+        assert ticks == sorted(set(ticks)) and ticks[0] == 0
+        assert len(set(range(ticks[-1] + 1)) - set(ticks)) <= 1, ticks
     finally:
         podman.rm(cid)
