@@ -33,6 +33,7 @@ from pyconmon import protocol
 from support.harness import poll_until, server_pids, wait_pid_gone
 from support.installed import install_podman_conmon
 from support.installed import unavailable_reason as install_unavailable
+from support.journald_service import journal_entries
 from support.podman import SLOW, Podman, exit_code, rootless_env, run_d
 
 TRAP = "echo started; trap 'echo bye; exit 7' TERM; while :; do sleep 0.1; done"
@@ -183,6 +184,12 @@ def _server_of(conmon, user, monitor):
     return mine[0]
 
 
+def _classic_of(conmon):
+    """The classic monitor of the install whose entry is ``conmon``."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(conmon))), "lib", "pyconmon", "classic",
+                        "conmon")
+
+
 def _socket_of(server):
     with open(f"/proc/{server}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
@@ -314,8 +321,7 @@ def test_server_killed_the_users_classic_monitor_takes_over(rootless_server, roo
         monitor = int(podman.inspect(cid, "{{.State.ConmonPid}}"))
         poll_until(lambda: "tick 1\n" in podman("logs", cid, conmon=conmon).stdout, SLOW, what="ticks logged")
         os.kill(_server_of(conmon, rootless_user, monitor), signal.SIGKILL)
-        classic = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(conmon))),
-                               "lib", "pyconmon", "classic", "conmon")
+        classic = _classic_of(conmon)
         poll_until(lambda: os.readlink(f"/proc/{monitor}/exe") == classic, SLOW, what="the classic takeover")
         before = podman("logs", cid, conmon=conmon).stdout.count("tick")
         poll_until(lambda: podman("logs", cid, conmon=conmon).stdout.count("tick") >= before + 3, SLOW,
@@ -330,5 +336,26 @@ def test_server_killed_the_users_classic_monitor_takes_over(rootless_server, roo
         # server had read and not yet written).
         assert ticks == sorted(set(ticks)) and ticks[0] == 0
         assert len(set(range(ticks[-1] + 1)) - set(ticks)) <= 1, ticks
+    finally:
+        podman.rm(cid)
+
+
+def test_journald_containers_run_classic(rootless, rootless_user, journal):
+    """README: a rootless server may not send entries as the stub (naming another pid needs
+    CAP_SYS_ADMIN over the host's pid namespace, which uid 0 of a user namespace lacks), so
+    a journald container runs classic, in the stub's process; its entries come from there."""
+    podman, conmon, mode = rootless
+    cid = run_d(podman, conmon, "--log-driver", "journald", "busybox", "sh", "-c", TRAP)
+    try:
+        monitor = int(podman.inspect(cid, "{{.State.ConmonPid}}"))
+        expected = os.path.realpath(_classic_of(conmon) if mode == "server" else conmon)
+        assert os.readlink(f"/proc/{monitor}/exe") == expected  # server mode: the stub fell back
+        entries = journal_entries({"CONTAINER_ID_FULL": cid})
+        assert [e["MESSAGE"] for e in entries] == [b"started\n"]
+        assert entries[0]["_PID"] == str(monitor).encode()
+        assert entries[0]["_UID"] == str(rootless_user.pw_uid).encode()
+        r = podman("stop", "-t", "10", cid, conmon=conmon, timeout=SLOW)
+        assert r.returncode == 0, r.stderr
+        assert exit_code(podman, cid) == "exited 7"
     finally:
         podman.rm(cid)
