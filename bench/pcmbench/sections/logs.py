@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import statistics
 import subprocess
 import time
@@ -266,9 +267,21 @@ class Journald(LoggingSection):
         self.keeper.start()
 
     def teardown(self):
-        if self.keeper is not None:
-            self.keeper.close()
-            self.keeper = None
+        """The keeper ends, and the server with it: later sections (density) measure a fresh one,
+        not one whose heap grew with journald backlogs."""
+        if self.keeper is None:
+            return
+        self.keeper.close()
+        self.keeper = None
+        from .density import server_pids
+        for pid in server_pids(self.server_libdir):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 10
+            while pid in server_pids(self.server_libdir) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def the_server(self):
         """(pid, utime+stime in s) of the one server of the server-mode install."""
