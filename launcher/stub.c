@@ -4,7 +4,7 @@
  * Podman and CRI-O exec this as `conmon`.  It is linked statically (no
  * libpython, no ld.so relocations: ~50 KB private memory) and does only
  * what must happen in the caller's own process, the way C conmon does it:
- * start pipe, double fork, pid file, setsid, child subreaper, signal
+ * start pipe, double fork (none with --sync), pid file, setsid, child subreaper, signal
  * forwarding, forking the runtime and the exit command (so they run in the
  * caller's cgroups, namespaces and environment), reaping.  Everything else
  * (options, logs, attach socket, ctl FIFOs, OOM, exit files) is done by one
@@ -18,8 +18,8 @@
  * PYCONMON_CLASSIC) is the switch-off and the fallback: the mode is classic
  * when PYCONMON_MODE=classic is in the environment or the first word of
  * PYCONMON_MODE_FILE is "classic" (or a word it does not know); "always" is
- * server mode also in a systemd service.  Even in server mode anything the server cannot serve exactly (--sync,
- * passthrough, journald without the server's CAP_SYS_ADMIN, a systemd *.service cgroup, no server, a refusal) execs the
+ * server mode also in a systemd service.  Even in server mode anything the server cannot serve exactly (passthrough,
+ * journald without the server's CAP_SYS_ADMIN, a systemd *.service cgroup, no server, a refusal) execs the
  * classic monitor before the start byte is read.  Should the server go away
  * after the start byte but before the runtime runs, the classic monitor is
  * exec'd with _PYCONMON_RESUMED=1: it then neither reads the start byte nor
@@ -873,7 +873,7 @@ int main(int argc, char **argv)
         return version_status;
     g_argv = argv;
     enum mode mode = mode_wanted();
-    if (mode == CLASSIC || has_arg(argc, argv, "--sync") || has_arg(argc, argv, "--version") ||
+    if (mode == CLASSIC || has_arg(argc, argv, "--version") ||
         has_arg(argc, argv, "--help") || has_arg(argc, argv, "-h") || unserved_log_driver(argc, argv) ||
         (mode == SERVER && in_service_cgroup()))
         exec_classic(0);
@@ -913,21 +913,26 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
 
-    pid_t child = fork();
+    /* --sync (CRI-O's ExecSync): no fork; the caller waits for this very process, signals it
+     * (SIGINT when the container stops) and takes its exit status as the command's. */
+    int sync_mode = has_arg(argc, argv, "--sync");
+    pid_t child = sync_mode ? 0 : fork();
     if (child < 0)
         exec_classic(1);
-    if (child > 0) {
-        const char *pidfile = conmon_pidfile(argc, argv);
+    const char *pidfile = conmon_pidfile(argc, argv);
+    if (child > 0 || (sync_mode && pidfile)) {
         if (pidfile) {
             char buf[32];
-            snprintf(buf, sizeof buf, "%d", (int)child);
+            snprintf(buf, sizeof buf, "%d", child > 0 ? (int)child : (int)getpid());
             if (write_file_atomic(pidfile, buf) < 0) {
                 fprintf(stderr, "[conmon:e]: Failed to write conmon pidfile: %s\n", strerror(errno));
-                kill(child, SIGKILL);
+                if (child > 0)
+                    kill(child, SIGKILL);
                 _exit(1);
             }
         }
-        _exit(0);
+        if (child > 0)
+            _exit(0);
     }
 
     /* The caller's descriptors (port reservations, slirp's exit fd...) live

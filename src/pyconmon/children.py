@@ -49,6 +49,10 @@ class Children:
     def start(self, loop: EventLoop, forward: Callable[[int], None]) -> None:
         """Before anything runs: route signals (the stub forwards them itself)."""
 
+    def own_group(self) -> int:
+        """The monitor process's process group, which a timeout kill must spare."""
+        return os.getpgrp()
+
     def spawn_runtime(self, argv: list[str], env: dict[str, str], rewrite_listen_pid: bool,
                       child_fds: list[int] | None, preserved: range, start_fd: int | None,
                       old_oom: str | None) -> None:

@@ -509,7 +509,7 @@ class Monitor:
         except OSError:
             group = 0
         try:
-            if group > 1 and group != os.getpgrp():
+            if group > 1 and group != self.children.own_group():
                 os.killpg(group, SIGKILL)
             else:
                 os.kill(self.container_pid, SIGKILL)

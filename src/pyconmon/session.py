@@ -8,11 +8,15 @@ byte is read, so nothing is lost), then drives a
 :class:`~pyconmon.monitor.Monitor` in the shared event loop through its
 ``steps()`` generator, resuming it when the stub reports a pid or a status.
 
+CRI-O's ExecSync (legacy exec with ``--sync``) is served too: the stub does
+not fork then, so the process CRI-O started, waits for and SIGINTs is the
+stub, which forwards the signal and exits with the command's code; a ``-T``
+timeout kills the exec process's group from here, sparing the stub's own.
+
 Where the server cannot act exactly as the caller's own process would, it
 answers "classic":
 
-* ``--sync`` (CRI-O ExecSync: CRI-O signals and drains that very process)
-  and the passthrough driver (the caller's stdio would have to be handed over);
+* the passthrough driver (the caller's stdio would have to be handed over);
 * journald when the server may not send entries as the stub (no
   CAP_SYS_ADMIN: they would carry the server's pid and unit;
   served_journald.py);
@@ -88,6 +92,9 @@ class StubChildren(Children):
             self.session.send(kind, fields, fds or [])
         except OSError:
             pass  # the stub is gone: its connection's end closes the session
+
+    def own_group(self) -> int:
+        return self.pid  # the stub called setsid(), or led its group already: either way its pid
 
     def watch_exit(self, pid: int) -> None:
         self.session.send(protocol.WATCH, [str(pid).encode()])
@@ -205,8 +212,6 @@ class StubSession:
             validate(opts, os.fsdecode(cwd))
         except ConfigError:
             return "configuration error"
-        if opts.sync:
-            return "--sync"
         kinds = opts.log_kinds()
         if not kinds <= SERVED_LOG_KINDS | {"journald"}:
             return "log driver"
@@ -214,8 +219,8 @@ class StubSession:
             from .served_journald import can_send_as
             if not can_send_as(*self.peer):
                 return "journald: cannot send as the monitor process (no CAP_SYS_ADMIN)"
-        if not opts.cuuid or not opts.cid:
-            return "legacy exec"
+        if not opts.cid:
+            return "no container id"  # conmon accepts an empty --cid; classic reports what follows
         for path in paths_of(opts):
             if not os.path.isabs(path):
                 return "relative path"

@@ -51,7 +51,8 @@ PACE_BELOW = 64 << 10  # a read shorter than this means the container writes slo
 PACE_S = 0.001  # ...so wait this long before the next read
 PTY_RETRY = 0.1
 RUNTIME_ERR_MAX = 8192  # what the sync pipe gets of a failed runtime's stderr, as conmon
-EARLY_OUTPUT_MAX = 8 << 20  # output held while the runtime runs; beyond it, dropped with a warning
+EARLY_OUTPUT_MAX = 8 << 20  # output held while the runtime runs; beyond it, reading waits for the runtime
+EARLY_WAIT_S = 2.0  # ... this long at most; then the pipes are drained again, the excess dropped with a warning
 
 
 def _enlarge_pipe(fd: int) -> None:
@@ -114,6 +115,8 @@ class ContainerStdio:
         self._retry_timer: Timer | None = None
         self._early: list[tuple[int, bytes]] = []  # (stream, chunk) read while the runtime ran
         self._early_size = 0
+        self._early_timer: Timer | None = None  # the bounded wait once EARLY_OUTPUT_MAX is held
+        self._early_overflow = False  # the wait is over: what is read now is dropped
         self._early_dropped = 0
 
     # -- set-up --------------------------------------------------------------
@@ -217,7 +220,12 @@ class ContainerStdio:
     # so the pipes are read while it runs.  What is read is held, in the order it was read
     # (an exec'd process may already be writing both streams), until the runtime's fate is
     # known: on failure the first 8 KiB of stderr become the sync pipe's message and nothing
-    # is logged; on success the held chunks are output, in the same order.
+    # is logged; on success the held chunks are output, in the same order.  Past EARLY_OUTPUT_MAX
+    # the pipes are left unread (the process waits on its full pipe, as under C conmon, which
+    # reads nothing before the runtime has exited): an exec'd process can write megabytes before
+    # `runc exec --detach` exits, and none of it may be lost (ExecSync output).  Only a runtime
+    # still running EARLY_WAIT_S later (blocked on its own stderr?) gets the pipes drained again,
+    # the excess dropped with a warning.
     def collect_early_output(self) -> None:
         """While the runtime runs: read the output pipes into memory, so they never fill up."""
         for src in self._early_pipes():
@@ -225,6 +233,13 @@ class ContainerStdio:
 
     def _on_early_output(self, src: OutputSource) -> None:
         self._collect(src)
+        if self._early_size >= EARLY_OUTPUT_MAX and self._early_timer is None:
+            self._stop_collecting()  # release_early_output / runtime_error read on from there
+            self._early_timer = self.loop.call_later(EARLY_WAIT_S, self._drain_early_overflow)
+
+    def _drain_early_overflow(self) -> None:
+        self._early_overflow = True
+        self.collect_early_output()
 
     def _early_pipes(self) -> list[OutputSource]:
         return [src for src in self.sources if not src.is_pty and not src.eof]
@@ -240,16 +255,18 @@ class ContainerStdio:
         if not data:
             self._source_eof(src)
             return False
-        room = EARLY_OUTPUT_MAX - self._early_size
-        if room > 0:
-            self._early.append((src.stream, data[:room]))
-            self._early_size += min(room, len(data))
-        self._early_dropped += max(0, len(data) - max(room, 0))
+        if self._early_overflow:
+            self._early_dropped += len(data)
+        else:
+            self._early.append((src.stream, data))
+            self._early_size += len(data)
         return True
 
     def _stop_collecting(self) -> None:
         for src in self._early_pipes():
             self.loop.remove(src.fd)
+        if self._early_timer is not None:
+            self._early_timer.cancel()
 
     def _early_stderr(self) -> bytes:
         return b"".join(data for stream, data in self._early if stream == STDERR)
@@ -271,7 +288,7 @@ class ContainerStdio:
             self.on_output(stream, data)
         if self._early_dropped:
             self.diag.warn(f"Dropped {self._early_dropped} bytes of output written while the runtime ran "
-                           f"(more than {EARLY_OUTPUT_MAX})")
+                           f"(more than {EARLY_OUTPUT_MAX}, and the runtime still ran {EARLY_WAIT_S:g} s later)")
             self._early_dropped = 0
 
     # -- output --------------------------------------------------------------

@@ -5,8 +5,8 @@
 - ``server_mode_conmon``: the same with ``ENTRY=stub`` and a mode file saying
   "always": the ``conmon`` Podman starts is the server-mode stub (once per session).
 - ``monitor_named``: a function from a monitor's name (``conmon`` = Debian's C
-  conmon, ``installed``, ``checkout``/``pyconmon`` = bin/pyconmon) to its path,
-  for test modules' own parametrised monitor fixtures.
+  conmon, ``installed``, ``server`` = server_mode_conmon, ``checkout``/``pyconmon`` =
+  bin/pyconmon) to its path, for test modules' own parametrised monitor fixtures.
 - ``ref_and_installed``: C conmon (the reference) and the installed pyconmon.
 - ``policy_conmon``/``config_file``: a second installed monitor and a writer for its
   configuration file (``<prefix>/etc/pyconmon/pyconmon.toml``, removed after each test).
@@ -65,6 +65,8 @@ def monitor_named(request):
             return C_CONMON
         if name == "installed":
             return request.getfixturevalue("installed_conmon")
+        if name == "server":
+            return request.getfixturevalue("server_mode_conmon")
         assert name in ("checkout", "pyconmon"), name
         return LAUNCHER
 

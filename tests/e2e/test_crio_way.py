@@ -32,23 +32,30 @@ from support.harness import (
     read_k8s_log,
     read_pidfile,
     runtime_kill,
+    server_pids,
     wait_pid_gone,
 )
+from support.installed import is_server_stub, server_lib_dir
 
 # --------------------------------------------------------------------------
 # fixtures and helpers
 
 
-@pytest.fixture(params=["conmon", "pyconmon"])
+@pytest.fixture(params=["conmon", "pyconmon", "server"])
 def crio_monitor(request, monitor_named):
-    """C conmon (reference) and the checkout launcher."""
+    """C conmon (reference), the checkout launcher and the server-mode stub."""
     return monitor_named(request.param)
 
 
-@pytest.fixture(params=["conmon", "pyconmon", "installed"])
+@pytest.fixture(params=["conmon", "pyconmon", "installed", "server"])
 def any_monitor(request, monitor_named):
-    """C conmon, the checkout launcher and the installed binary."""
+    """C conmon, the checkout launcher, the installed binary and the server-mode stub."""
     return monitor_named(request.param)
+
+
+def is_installed(monitor):
+    """The installed binaries (classic or server-mode stub) are run with an empty environment."""
+    return monitor not in (C_CONMON, LAUNCHER)
 
 
 def records(path):
@@ -293,13 +300,51 @@ def crio_container(testbed):
     return m
 
 
+def server_holding(lib_dir, path):
+    """The pid of a server of that install that has ``path`` open, or None."""
+    for pid in server_pids(lib_dir):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                    return pid
+            except OSError:
+                pass
+    return None
+
+
+def assert_served(e):
+    """A server-mode stub's probe is the server's: it has the probe's log open (it opens it when it
+    accepts the stub's hello), and the process CRI-O started is still the stub, not the classic monitor."""
+    server = poll_until(lambda: server_holding(server_lib_dir(e.conmon), e.log_path), 10,
+                        what="the server to take the probe")
+    assert os.readlink(f"/proc/{e.first_pid}/exe") == os.path.realpath(e.conmon)
+    return server
+
+
+def exec_sync(testbed, monitor, container, args, *, deadline=15, wait=True, **kw):
+    """ExecSync as CRI-O runs it (testbed.exec style="crio"); with the server-mode stub, first
+    asserts that the server serves it.  ``wait=False``: spawned, the start byte not written yet."""
+    kw.setdefault("env", {} if is_installed(monitor) else None)
+    e = testbed.exec(monitor, container, args, style="crio", wait=False, **kw)
+    e.server = assert_served(e) if is_server_stub(monitor) else None
+    if wait:
+        e.write_start()
+        e.wait_first(deadline)
+        e.sync_msg = e.read_sync(deadline)
+    return e
+
+
 def test_exec_sync(testbed, crio_container, any_monitor):
-    e = testbed.exec(any_monitor, crio_container, ["sh", "-c", "echo out; usleep 20000; echo err >&2; exit 3"],
-                     style="crio", env={} if any_monitor not in (C_CONMON, LAUNCHER) else None)
+    e = exec_sync(testbed, any_monitor, crio_container, ["sh", "-c", "echo out; usleep 20000; echo err >&2; exit 3"])
     assert "--sync" in e.argv and "-b" not in e.argv and "--api-version" not in e.argv
     assert e.sync_msg == {"exit_code": 3}, e.describe()
     assert b"".join(e.sync.chunks) == b'{"exit_code": 3}\n'  # only the exit code, no pid first
     assert e.sync.read_rest(5) == []
+    assert e.first_status == 3  # as conmon: the monitor's status is the command's code
     assert records(e.log_path) == [("stdout", "F", b"out"), ("stderr", "F", b"err")]
     exec_pid = read_pidfile(e.pidfile)
     assert exec_pid and not pid_alive(exec_pid)
@@ -308,8 +353,7 @@ def test_exec_sync(testbed, crio_container, any_monitor):
 
 
 def test_exec_sync_timeout(testbed, crio_container, crio_monitor):
-    e = testbed.exec(crio_monitor, crio_container, ["sh", "-c", "echo started; exec sleep 100"], style="crio",
-                     timeout=1, deadline=15)
+    e = exec_sync(testbed, crio_monitor, crio_container, ["sh", "-c", "echo started; exec sleep 100"], timeout=1)
     assert "-T" in e.argv
     assert e.sync_msg == {"exit_code": -1, "message": "command timed out"}, e.describe()
     exec_pid = read_pidfile(e.pidfile)
@@ -319,11 +363,23 @@ def test_exec_sync_timeout(testbed, crio_container, crio_monitor):
     assert crio_container.state()["status"] == "running"
 
 
+def test_exec_sync_timeout_kills_the_group_not_the_monitor(testbed, crio_container, crio_monitor):
+    """-T expiry kills the exec process's whole group (a child it started too), and the monitor still
+    ends normally with the timed-out message: in server mode the kill comes from the server, which
+    must spare the stub's own group."""
+    e = exec_sync(testbed, crio_monitor, crio_container,
+                  ["sh", "-c", "sleep 100 & echo child $!; echo started; wait"], timeout=1)
+    assert e.sync_msg == {"exit_code": -1, "message": "command timed out"}, e.describe()
+    assert e.first_status == 255, e.describe()  # -1 & 0xff, as conmon: not killed by a signal
+    poll_until(lambda: not pid_alive(read_pidfile(e.pidfile)), what="timed-out exec process killed")
+    assert [c for _, _, c in records(e.log_path)][-1] == b"started"
+
+
 def test_exec_sync_command_not_found(testbed, crio_container, crio_monitor):
     """``doesnotexist``: CRI-O needs a non-zero code or -1 with a message, never 0.  Both monitors
     send -1 with the runtime's error text (the runtime fails before the process exists, so nothing
     is logged)."""
-    e = testbed.exec(crio_monitor, crio_container, ["doesnotexist"], style="crio", deadline=15)
+    e = exec_sync(testbed, crio_monitor, crio_container, ["doesnotexist"])
     msg = e.sync_msg
     assert msg is not None and set(msg) == {"exit_code", "message"} and msg["exit_code"] == -1, e.describe()
     assert "doesnotexist" in msg["message"], msg
@@ -338,12 +394,11 @@ def test_exec_sync_sigint_forwarded(testbed, crio_container, any_monitor, trap):
         args = ["sh", "-c", "trap 'echo got-int; exit 7' INT; echo ready; while :; do usleep 20000; done"]
     else:
         args = ["sh", "-c", "echo ready; exec sleep 100"]
-    env = {} if any_monitor not in (C_CONMON, LAUNCHER) else None
-    e = testbed.exec(any_monitor, crio_container, args, style="crio", wait=False, env=env)
+    e = exec_sync(testbed, any_monitor, crio_container, args, wait=False)
     e.write_start()
     poll_until(lambda: read_pidfile(e.pidfile), what="exec pid file")
     poll_until(lambda: log_has(e.log_path, b"ready"), what="exec process ready")
-    if any_monitor not in (C_CONMON, LAUNCHER):
+    if is_installed(any_monitor):
         with open(f"/proc/{e.first_pid}/comm") as f:
             assert f.read() == "conmon\n"  # CRI-O's test finds exec monitors with `pidof conmon`
     os.kill(e.first_pid, signal.SIGINT)
@@ -360,8 +415,8 @@ def test_exec_sync_sigint_forwarded(testbed, crio_container, any_monitor, trap):
 
 def test_exec_sync_output_cap(testbed, crio_container, crio_monitor):
     """--log-global-size-max 16777216: past 16 MiB conmon stops logging but keeps draining."""
-    e = testbed.exec(crio_monitor, crio_container, ["sh", "-c", "head -c 20000000 /dev/zero | tr '\\0' a; echo"],
-                     style="crio", deadline=60)
+    e = exec_sync(testbed, crio_monitor, crio_container, ["sh", "-c", "head -c 20000000 /dev/zero | tr '\\0' a; echo"],
+                  deadline=60)
     assert e.sync_msg == {"exit_code": 0}, e.describe()
     content = b"".join(r.content for r in read_k8s_log(e.log_path))
     assert content == b"a" * len(content)
@@ -372,3 +427,34 @@ def test_exec_sync_output_cap(testbed, crio_container, crio_monitor):
     else:
         assert len(content) == 16777216
     assert os.path.getsize(e.log_path) >= 16777216
+
+
+def test_exec_sync_monitor_sigkilled(testbed, crio_container, crio_monitor):
+    """SIGKILL to the monitor of a probe (CRI-O does it when it fails to start one): as with C conmon,
+    the sync pipe ends with nothing on it, the caller's stdio ends, and the exec process is not killed
+    with it; it ends of SIGPIPE at its next write, since nothing reads its output any more."""
+    e = exec_sync(testbed, crio_monitor, crio_container,
+                  ["sh", "-c", "echo ready; while :; do usleep 200000; echo tick; done"], wait=False)
+    e.write_start()
+    exec_pid = poll_until(lambda: read_pidfile(e.pidfile), what="exec pid file")
+    poll_until(lambda: log_has(e.log_path, b"ready"), what="exec process ready")
+    os.kill(e.first_pid, signal.SIGKILL)
+    assert e.wait_first(10) == -signal.SIGKILL
+    assert e.read_sync(10) is None, e.describe()
+    assert e.wait_stdio_eof(10)
+    poll_until(lambda: not pid_alive(exec_pid), 10, what="the exec process to end at its next write")
+    assert crio_container.state()["status"] == "running"
+
+
+def test_exec_sync_monitor_sigtermed(testbed, crio_container, crio_monitor):
+    """SIGTERM to the monitor of a probe is forwarded to the exec process; the monitor then reports
+    its code (143) and exits with it, as C conmon."""
+    e = exec_sync(testbed, crio_monitor, crio_container, ["sh", "-c", "echo ready; exec sleep 100"], wait=False)
+    e.write_start()
+    exec_pid = poll_until(lambda: read_pidfile(e.pidfile), what="exec pid file")
+    poll_until(lambda: log_has(e.log_path, b"ready"), what="exec process ready")
+    os.kill(e.first_pid, signal.SIGTERM)
+    assert e.wait_first(10) == 128 + signal.SIGTERM
+    assert e.read_sync(10) == {"exit_code": 128 + signal.SIGTERM}, e.describe()
+    assert not pid_alive(exec_pid)
+    assert records(e.log_path) == [("stdout", "F", b"ready")]

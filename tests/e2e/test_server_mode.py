@@ -18,16 +18,15 @@ import threading
 import pytest
 
 from pyconmon import protocol
-from support.harness import poll_until, runtime_kill, server_pids, write_ctl
-from support.installed import install_podman_conmon
+from support.harness import poll_until, read_k8s_log, read_pidfile, runtime_kill, server_pids, write_ctl
+from support.installed import install_podman_conmon, server_lib_dir, server_mode_file
 
 LONG = ["sh", "-c", "echo out; echo err >&2; exec sleep 600"]
 
 
 def servers_of(stub):
     """Pids of the running servers of this install (their command line names its lib dir)."""
-    prefix = os.path.dirname(os.path.dirname(os.path.dirname(stub)))
-    return server_pids(os.path.join(prefix, "lib", "pyconmon"))
+    return server_pids(server_lib_dir(stub))
 
 
 def server_socket(pid):
@@ -129,13 +128,45 @@ def test_identity_matches_classic_field_by_field(testbed, stub, classic):
     assert logs["server"] == logs["classic"] == [("stderr", b"err"), ("stdout", b"out")]
 
 
-def test_podman_exec_in_server_mode_and_crio_execsync_classic(testbed, stub):
+def test_podman_exec_and_crio_execsync_in_server_mode(testbed, stub):
     m = testbed.run(stub, ["sleep", "600"])
     e = testbed.exec(stub, m, ["sh", "-c", "echo exec-out; exit 3"], style="podman")  # -e --exec-attach
     assert e.client.read_until_eof(10) == {2: b"exec-out\n"}  # through the server's attach socket
     assert e.wait_exit_file(10) == 3
-    s = testbed.exec(stub, m, ["sh", "-c", "echo sync-out; exit 4"], style="crio")  # --sync: classic
-    assert s.sync_msg == {"exit_code": 4}
+    # --sync (CRI-O's ExecSync, tests/e2e/test_crio_way.py has the rest): served, no fork
+    s = testbed.exec(stub, m, ["sh", "-c", "echo sync-out; exit 4"], style="crio", wait=False)
+    poll_until(lambda: any(os.path.realpath(f"/proc/{p}/fd/{fd}") == s.log_path
+                           for p in servers_of(stub) for fd in os.listdir(f"/proc/{p}/fd")),
+               what="the server to hold the probe's log")
+    assert os.readlink(f"/proc/{s.first_pid}/exe") == os.path.realpath(stub)
+    s.write_start()
+    assert s.wait_first(10) == 4
+    assert s.read_sync(10) == {"exit_code": 4}
+    assert [r.content for r in read_k8s_log(s.log_path)] == [b"sync-out"]
+    runtime_kill(m)
+    assert m.wait_exit_file(10) == 137
+
+
+def test_server_killed_mid_probe_classic_takes_the_probe_over(testbed, stub, classic):
+    """The server dies while an ExecSync probe runs: the stub (the very process CRI-O waits for)
+    waits for the runtime, execs the classic monitor, which adopts the probe with the stub's copies
+    of its output pipes; the exit code, the whole log and the monitor's status are as without the kill."""
+    m = testbed.run(stub, ["sleep", "600"])
+    e = testbed.exec(stub, m, ["sh", "-c", "trap 'echo released; exit 5' USR1; echo ready; "
+                                            "while :; do usleep 20000; done"], style="crio", wait=False)
+    e.write_start()
+    exec_pid = poll_until(lambda: read_pidfile(e.pidfile), what="exec pid file")
+    poll_until(lambda: [r.content for r in read_k8s_log(e.log_path)] == [b"ready"], what="ready logged")
+    assert os.readlink(f"/proc/{e.first_pid}/exe") == os.path.realpath(stub)
+    kill_server(stub)
+    poll_until(lambda: os.readlink(f"/proc/{e.first_pid}/exe") == os.path.realpath(classic), what="classic takes over")
+    os.kill(exec_pid, signal.SIGUSR1)
+    assert e.wait_first(15) == 5, e.describe()
+    assert e.read_sync(5) == {"exit_code": 5}, e.describe()
+    assert b"".join(e.sync.chunks) == b'{"exit_code": 5}\n'
+    assert [(r.stream, r.content) for r in read_k8s_log(e.log_path)] == [("stdout", b"ready"),
+                                                                          ("stdout", b"released")]
+    assert e.wait_stdio_eof(5)
     runtime_kill(m)
     assert m.wait_exit_file(10) == 137
 
@@ -249,9 +280,7 @@ def test_server_mode_is_the_default(testbed, stub, classic, mode_file):
             f.write("always\n")
 
 
-def mode_file_of(stub):
-    """tests/support/installed.py's mode file of the install ``stub`` belongs to."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(stub)))), "mode")
+mode_file_of = server_mode_file
 
 
 def test_signals_are_forwarded_to_the_container(testbed, stub):

@@ -53,3 +53,18 @@ def install_podman_conmon(base, server_mode=False):
         if r.returncode != 0:
             raise RuntimeError(f"make {target} failed:\n{r.stdout}\n{r.stderr}")
     return conmon
+
+
+def server_mode_file(conmon):
+    """The mode file of the server-mode install whose monitor is ``conmon`` (``<base>/mode``)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(conmon)))), "mode")
+
+
+def is_server_stub(conmon):
+    """Whether ``conmon`` is the stub of an install_podman_conmon(server_mode=True)."""
+    return os.path.exists(server_mode_file(conmon))
+
+
+def server_lib_dir(conmon):
+    """``<prefix>/lib/pyconmon`` of the install of ``conmon`` (its servers' command lines name it)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(conmon))), "lib", "pyconmon")

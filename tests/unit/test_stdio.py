@@ -188,7 +188,9 @@ def test_both_streams_written_while_the_runtime_runs_keep_their_order(h, first):
     assert h.output == [(first, b"one\n"), (second, b"two\n")]
 
 
-def test_output_beyond_the_bound_while_the_runtime_runs_is_dropped_with_a_warning(h, monkeypatch):
+def test_output_beyond_the_bound_while_the_runtime_runs_waits_in_the_pipe(h, monkeypatch):
+    """Past the bound the pipes are left unread until the runtime has exited (the writer waits, as
+    under C conmon); nothing is dropped."""
     monkeypatch.setattr("pyconmon.stdio.EARLY_OUTPUT_MAX", 1000)
     h.stdio.make_pipes(want_stdin=False)
     _, _, cerr = h.stdio.child_fds
@@ -196,10 +198,30 @@ def test_output_beyond_the_bound_while_the_runtime_runs_is_dropped_with_a_warnin
     os.write(cerr, b"a" * 600)
     h.run_until(lambda: h.stdio._early_size == 600)
     os.write(cerr, b"b" * 600)
-    h.run_until(lambda: h.stdio._early_dropped == 200)
+    h.run_until(lambda: h.stdio._early_size == 1200)
+    os.write(cerr, b"c" * 600)  # not read while the runtime runs
+    h.loop.run_once(0.05)
+    assert h.stdio._early_size == 1200
     h.stdio.release_early_output()
-    assert h.stream(STDERR) == b"a" * 600 + b"b" * 400
-    assert len(h.diag.messages) == 1 and "Dropped 200 bytes" in h.diag.messages[0][1], h.diag.messages
+    assert h.stream(STDERR) == b"a" * 600 + b"b" * 600
+    h.stdio.watch_output()
+    h.run_until(lambda: h.stream(STDERR) == b"a" * 600 + b"b" * 600 + b"c" * 600)
+    assert h.diag.messages == []
+
+
+def test_a_runtime_still_running_after_the_wait_gets_its_pipes_drained_the_excess_dropped(h, monkeypatch):
+    monkeypatch.setattr("pyconmon.stdio.EARLY_OUTPUT_MAX", 1000)
+    monkeypatch.setattr("pyconmon.stdio.EARLY_WAIT_S", 0.2)
+    h.stdio.make_pipes(want_stdin=False)
+    _, _, cerr = h.stdio.child_fds
+    h.stdio.collect_early_output()
+    os.write(cerr, b"a" * 1200)
+    h.run_until(lambda: h.stdio._early_size == 1200)
+    os.write(cerr, b"b" * 300)
+    h.run_until(lambda: h.stdio._early_dropped == 300)
+    h.stdio.release_early_output()
+    assert h.stream(STDERR) == b"a" * 1200
+    assert len(h.diag.messages) == 1 and "Dropped 300 bytes" in h.diag.messages[0][1], h.diag.messages
 
 
 def read_all_in_thread(fd: int, into: bytearray) -> threading.Thread:
