@@ -89,9 +89,23 @@ def test_a_caller_it_can_serve_gets_ok_and_the_foreground_lines(server: Server, 
     assert not server.sessions  # the stub went away before the start: nothing of it is kept
 
 
+def test_crio_execsync_is_served(server: Server, tmp_path: Path) -> None:
+    """CRI-O's ExecSync: legacy exec (no -u, -b, --api-version) with --sync, -T, a bare -l path."""
+    spec = tmp_path / "exec-process"
+    spec.write_text("{}")
+    argv = ["conmon", "-c", "c" * 64, "-n", "k8s_x", "-r", TRUE, "-p", str(tmp_path / "pidfile"), "-e",
+            "-l", str(tmp_path / "crio-log"), "--socket-dir-path", str(tmp_path), "--log-level", "info", "--sync",
+            "--log-global-size-max", "16777216", "-T", "5", "--exec-process-spec", str(spec),
+            "--runtime-arg", "--root=/run/runc"]
+    c = connect(server)
+    protocol.send(c, protocol.HELLO, [KEY, b"/", str(len(argv)).encode(), *(a.encode() for a in argv), b"A=1"])
+    assert answer(server, c) == (protocol.OK, [b""])
+    assert (tmp_path / "crio-log").exists()
+    c.close()
+
+
 @pytest.mark.parametrize(("extra", "key", "cwd", "reason"), [
     ((), b"other-key", "/", b"another pyconmon version"),
-    (("--sync",), KEY, "/", b"--sync"),
     (("-l", "passthrough"), KEY, "/", b"log driver"),
     (("--persist-dir", "relative/dir"), KEY, "/", b"relative path"),
     (("--log-level", "shouting"), KEY, "/", b"configuration error"),

@@ -1,15 +1,19 @@
 """CRI-O exec-probe storm: the real CRI-O, 10 containers each probed with ``crictl exec -s`` every second.
 
 CRI-O (tests/crio/setup.sh: v1.36.3, runtime handlers ``conmon`` = Debian's C
-conmon and ``pyconmon`` = ``make crio`` of this checkout into setup.sh's
-prefix) starts one monitor per probe (ExecSync).  Per monitor and round: a pod
+conmon, ``pyconmon`` = ``make crio`` of this checkout into setup.sh's prefix,
+classic mode, and ``pyconmon-server`` = the same in server mode) starts one
+monitor per probe (ExecSync).  Per monitor and round: a pod
 with 10 ``sleep`` containers; for ``--crio-seconds`` seconds (60; 10 with
 --quick), every second, one ``crictl exec -s CTR echo ok`` per container, all
 10 at once.  Every probe must succeed with the right output.  Figures: the
 probes' wall time as crictl sees it (p50, p99), and the probe monitors' own
 CPU time, summed, from the kernel's taskstats exit records (tasks named
 ``conmon`` whose parent is crio: each probe's monitor; runc and the probed
-command are not counted), checked to be one monitor per probe.
+command are not counted), checked to be one monitor per probe.  In server mode the monitor CPU is the
+stubs' (taskstats, as above) plus the server's own over the storm (its
+/proc/PID/stat, threads included); the ``_server`` metrics hold C conmon
+against server mode, the plain ones C conmon against classic.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import threading
 import time
 
 from .. import taskstats
-from ..system import BenchFailure, set_subreaper
+from ..container import Monitor
+from ..system import BenchFailure, H, set_subreaper
 from . import Row, Section, register
 
 tb_crio = importlib.import_module("pcm_bench_support.crio")
 
 CONTAINERS = 10
+SERVER_HANDLER = "pyconmon-server"
 
 
 def _proc_cpu_s(pid):
@@ -45,8 +51,9 @@ class CrioProbes(Section):
         super().__init__(bench)
         self.crio = None
         self.started_crio = False
-        self.ctrs = {}  # monitor name -> [container ids]
+        self.ctrs = {}  # handler -> [container ids]
         self.broken = False
+        self.variants = []  # (handler, kind, Monitor): kind "conmon", "classic" or "server"
 
     def unavailable(self):
         return tb_crio.unavailable_reason() or taskstats.ExitRecorder.unavailable()
@@ -61,10 +68,14 @@ class CrioProbes(Section):
             self.crio = tb_crio.Crio()
             self.started_crio = not self.crio.crio_pid_alive()
             self.crio.start()
-            for mon in self.bench.monitors:
-                pod = self.crio.run_pod(mon.name, "bench-probes")
-                self.ctrs[mon.name] = [self.crio.run(pod, f"c{i}", ["sleep", "1000000"]) for i in range(CONTAINERS)]
-                for cid in self.ctrs[mon.name]:
+            c_mon, classic = self.bench.monitors
+            server = Monitor("pyconmon", "pyconmon server mode", self.crio.monitor_path[SERVER_HANDLER])
+            self.variants = [(c_mon.name, "conmon", c_mon), (classic.name, "classic", classic),
+                             (SERVER_HANDLER, "server", server)]
+            for handler, _kind, _mon in self.variants:
+                pod = self.crio.run_pod(handler, "bench-probes")
+                self.ctrs[handler] = [self.crio.run(pod, f"c{i}", ["sleep", "1000000"]) for i in range(CONTAINERS)]
+                for cid in self.ctrs[handler]:
                     self.crio.wait_state(cid, "CONTAINER_RUNNING")
                     self.probe(cid)  # warm-up, not counted
         except (BenchFailure, RuntimeError, OSError, TimeoutError) as e:
@@ -98,13 +109,30 @@ class CrioProbes(Section):
     def run_round(self, rnd):
         if self.broken:
             return
-        for mon in self.order("crio/probes"):
-            self.storm(mon)
+        for handler, kind, mon in self.results.order("crio/probes", self.variants):
+            self.storm(handler, kind, mon)
 
-    def storm(self, mon):
+    def server_lib_dir(self):
+        """``<prefix>/lib/pyconmon`` of the server-mode install (``<prefix>/libexec/crio/conmon``)."""
+        prefix = os.path.dirname(os.path.dirname(os.path.dirname(self.crio.monitor_path[SERVER_HANDLER])))
+        return os.path.join(prefix, "lib", "pyconmon")
+
+    def server_cpu_s(self):
+        """pid -> CPU seconds so far of each running server of the server-mode install."""
+        cpu = {}
+        for pid in H.server_pids(self.server_lib_dir()):
+            try:
+                cpu[pid] = _proc_cpu_s(pid)
+            except OSError:
+                pass
+        return cpu
+
+    def storm(self, handler, kind, mon):
         seconds = self.seconds()
-        cids = self.ctrs[mon.name]
+        cids = self.ctrs[handler]
         crio_pid = self.crio.crio_pid()
+        if kind == "server":
+            self.probe(cids[0])  # the server is up (it exits when idle), not counted
         latencies, failures = [], []
         lock = threading.Lock()
 
@@ -118,8 +146,9 @@ class CrioProbes(Section):
             with lock:
                 latencies.append(wall)
 
-        print(f"  crio-probes: {mon.name}: {CONTAINERS} containers x {seconds} s", flush=True)
+        print(f"  crio-probes: {handler}: {CONTAINERS} containers x {seconds} s", flush=True)
         threads = []
+        server0 = self.server_cpu_s() if kind == "server" else {}
         crio_cpu0 = _proc_cpu_s(crio_pid)
         with taskstats.ExitRecorder({"conmon"}) as rec:
             t0 = time.monotonic()
@@ -134,26 +163,39 @@ class CrioProbes(Section):
             for t in threads:
                 t.join()
         crio_cpu = _proc_cpu_s(crio_pid) - crio_cpu0
+        server_cpu = 0.0
+        if kind == "server":
+            server_cpu = sum(cpu - server0.get(pid, 0.0) for pid, cpu in self.server_cpu_s().items())
         probes = seconds * len(cids)
         monitors = [e for e in rec.exits if e.ppid == crio_pid]
-        metrics = [r.metric for r in self.rows()]
+        suffixes = {"conmon": ["", "_server"], "classic": [""], "server": ["_server"]}[kind]
+        metrics = [r.metric for r in self.rows() if any(r.metric.endswith(x) for x in suffixes if x)
+                   or ("" in suffixes and not r.metric.endswith("_server"))]
         if failures:
-            self.results.fail(f"crio-probes {mon.name}", f"{len(failures)} of {probes} probes failed; first: "
+            self.results.fail(f"crio-probes {handler}", f"{len(failures)} of {probes} probes failed; first: "
                               f"{failures[0]}", mon, metrics)
             return
         if rec.lost or len(monitors) != probes:
-            self.results.fail(f"crio-probes {mon.name}", f"{len(monitors)} probe monitors seen for {probes} "
+            self.results.fail(f"crio-probes {handler}", f"{len(monitors)} probe monitors seen for {probes} "
                               f"probes ({rec.lost} taskstats overflows)", mon, metrics)
             return
-        cpu = sum(e.cpu_ns for e in monitors) / 1e9
+        if kind == "server" and server_cpu <= 0:
+            self.results.fail(f"crio-probes {handler}", "the server did no work: the probes were not served",
+                              mon, metrics)
+            return
+        cpu = sum(e.cpu_ns for e in monitors) / 1e9 + server_cpu
         q = statistics.quantiles(latencies, n=100)
-        self.results.add("crio/probe_p50_ms", mon, q[49])
-        self.results.add("crio/probe_p99_ms", mon, q[98])
-        self.results.add("crio/monitor_cpu_s", mon, cpu)
-        self.results.add("crio/monitor_cpu_per_probe_ms", mon, cpu * 1000 / probes)
-        self.results.add("crio/crio_cpu_s", mon, crio_cpu)
-        print(f"    {mon.name:8} {probes} probes ok: p50 {q[49]:6.1f} ms  p99 {q[98]:6.1f} ms  "
-              f"monitors' CPU {cpu:6.2f} s ({cpu * 1000 / probes:5.2f} ms/probe)  crio {crio_cpu:5.2f} s",
+        for suffix in suffixes:
+            self.results.add("crio/probe_p50_ms" + suffix, mon, q[49])
+            self.results.add("crio/probe_p99_ms" + suffix, mon, q[98])
+            self.results.add("crio/monitor_cpu_s" + suffix, mon, cpu)
+            self.results.add("crio/monitor_cpu_per_probe_ms" + suffix, mon, cpu * 1000 / probes)
+            self.results.add("crio/crio_cpu_s" + suffix, mon, crio_cpu)
+        if kind == "server":
+            self.results.add("crio/server_cpu_s_server", mon, server_cpu)
+        print(f"    {handler:15} {probes} probes ok: p50 {q[49]:6.1f} ms  p99 {q[98]:6.1f} ms  "
+              f"monitors' CPU {cpu:6.2f} s ({cpu * 1000 / probes:5.2f} ms/probe"
+              + (f", server {server_cpu:5.2f} s" if kind == "server" else "") + f")  crio {crio_cpu:5.2f} s",
               flush=True)
 
     def rows(self):
@@ -163,6 +205,12 @@ class CrioProbes(Section):
             Row("probe monitors' CPU, whole storm (s)", "crio/monitor_cpu_s", "s"),
             Row("probe monitor CPU per probe (ms)", "crio/monitor_cpu_per_probe_ms", "ms"),
             Row("crio's own CPU during the storm (s)", "crio/crio_cpu_s", "s"),
+            Row("server mode: probe wall time p50 (ms)", "crio/probe_p50_ms_server", "ms"),
+            Row("server mode: probe wall time p99 (ms)", "crio/probe_p99_ms_server", "ms"),
+            Row("server mode: monitors' CPU, stubs plus server, whole storm (s)", "crio/monitor_cpu_s_server", "s"),
+            Row("server mode: monitor CPU per probe (ms)", "crio/monitor_cpu_per_probe_ms_server", "ms"),
+            Row("server mode: the server's share of it (s)", "crio/server_cpu_s_server", "s"),
+            Row("server mode: crio's own CPU during the storm (s)", "crio/crio_cpu_s_server", "s"),
         ]
 
     @classmethod
@@ -174,4 +222,6 @@ class CrioProbes(Section):
             "time is crictl's (process start, gRPC, CRI-O's ExecSync, the monitor, `runc exec`). Monitor CPU "
             "is the probe monitors' own run time (kernel taskstats exit records of tasks named `conmon` whose "
             "parent is crio: exactly one per probe; runc and the probed command not included). pyconmon here "
-            "is `make crio` into setup.sh's prefix (classic mode).")
+            "is `make crio` into setup.sh's prefix (classic mode) and, in the rows marked server mode, a second "
+            "install in server mode (`make crio ENTRY=stub`, handler `pyconmon-server`), whose monitor CPU is "
+            "the stubs' (as above) plus the server process's own CPU over the storm (threads included).")
