@@ -9,13 +9,14 @@ monitors fails one of the pair. Restrict with PYCONMON_TEST_MONITORS.
 import os
 import re
 import signal
+import threading
 import time
 import warnings
 
 import pytest
 
 from support.crio import HANDLERS, Crio, proc_exe, proc_start_time, unavailable_reason
-from support.harness import join_lines, pid_alive, poll_until, read_k8s_log, wait_pid_gone
+from support.harness import join_lines, pid_alive, poll_until, proc_cmdline, read_k8s_log, server_pids, wait_pid_gone
 
 
 def _selected_handlers():
@@ -204,6 +205,60 @@ def test_exec_sync_timeout(crio_pods, handler):
     assert r == (0, b"0\n\n\n", ""), r
     # A probe that ends in time is not affected by its timeout.
     assert crio.exec_sync(cid, "echo", "quick", timeout=5) == (0, b"quick\n\n\n", "")
+
+
+def _probe_monitors(crio, cid):
+    """Pids of CRI-O's children running an ExecSync monitor (``--sync``) for ``cid``."""
+    crio_pid = str(crio.crio_pid())
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = f.read().rsplit(")", 1)[1].split()[1]
+            argv = proc_cmdline(name).split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if ppid == crio_pid and b"--sync" in argv and cid.encode() in argv:
+            found.append(int(name))
+    return found
+
+
+def _server_holding_probe_log(crio, cid):
+    """A pyconmon-server of the server-mode install with the probe's log (``/tmp/crio-log-<cid>*``) open."""
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(crio.monitor_path["pyconmon-server"])))
+    for pid in server_pids(os.path.join(prefix, "lib", "pyconmon")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.path.basename(os.readlink(f"/proc/{pid}/fd/{fd}")).startswith(f"crio-log-{cid}"):
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("probe", ["ok", "timeout"])
+def test_exec_sync_is_served_in_server_mode(crio_pods, probe):
+    """pyconmon-server's ExecSync probes run in the server: while a probe runs, CRI-O's child for it is
+    the stub itself (not the classic monitor it would exec) and the server holds the probe's log."""
+    crio = crio_pods
+    pod = crio.run_pod("pyconmon-server", f"served-{probe}")
+    cid = crio.run(pod, "sleeper", ["sleep", "600"])
+    crio.wait_state(cid, "CONTAINER_RUNNING")
+    result = []
+    command = ["sh", "-c", "echo held; sleep 3"] if probe == "ok" else ["sh", "-c", "echo before; sleep 30"]
+    t = threading.Thread(target=lambda: result.append(crio.exec_sync(cid, *command,
+                                                                      timeout=2 if probe == "timeout" else None)))
+    t.start()
+    try:
+        server = poll_until(lambda: _server_holding_probe_log(crio, cid), 30, what="the server to take the probe")
+        (monitor,) = poll_until(lambda: _probe_monitors(crio, cid), 10, what="the probe's monitor")
+        assert proc_exe(monitor) == os.path.realpath(crio.monitor_path["pyconmon-server"])
+        assert server
+    finally:
+        t.join(60)
+    assert result == [(0, b"held\n\n\n", "")] if probe == "ok" else result == [(-1, b"", "command timed out")]
 
 
 # -- attach ------------------------------------------------------------------

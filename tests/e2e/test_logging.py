@@ -37,8 +37,11 @@ from support.harness import (
     poll_until,
     read_k8s_log,
     runtime_kill,
+    server_pids,
+    strace_attached,
     write_ctl,
 )
+from support.installed import is_server_stub, server_lib_dir
 from support.journald_service import (
     SOCKET,
     journal_entries,
@@ -829,29 +832,50 @@ def test_log_is_fsynced_at_exit_unless_no_sync_log(testbed, monitor_bin, no_sync
         pytest.skip("strace not installed")
     d = testbed.workdir("strace")
     out = os.path.join(d, "trace")
-    wrap = os.path.join(d, "strace-monitor")
-    with open(wrap, "w") as f:  # -D: the tracer is a grandchild, the monitor keeps its pid and parent
-        f.write(f"#!/bin/sh\nexec {strace} -D -q --seccomp-bpf -e trace=fsync,fdatasync,sync,syncfs -y "
-                f"-o {shlex.quote(out)} {shlex.quote(monitor_bin)} \"$@\"\n")
-    os.chmod(wrap, 0o755)
     log = os.path.join(testbed.workdir("logs"), "ctr.log")
-    # --sync: the traced process is the monitor itself, so strace needs no -f (no runc, no container)
-    m = run_podman(testbed, wrap, ["echo", "hi"], [f"k8s-file:{log}"],
-                   ["--sync"] + (["--no-sync-log"] if no_sync else []), wait=False)
-    msg = m.read_sync()
-    assert msg and msg["data"] > 0, m.describe()
-    m.start_container()
-    assert m.wait_exit_file() == 0, m.describe()
-    assert m.wait_first() == 0
+    extra = ["--sync"] + (["--no-sync-log"] if no_sync else [])
+    if is_server_stub(monitor_bin):
+        # Server mode: the log is the server's to fsync (in a worker thread), so the server is traced.
+        warm = run_podman(testbed, monitor_bin, ["true"], wait=False)
+        assert warm.read_sync()["data"] > 0, warm.describe()
+        warm.start_container()
+        assert warm.wait_exit_file() == 0
+        (server,) = server_pids(server_lib_dir(monitor_bin))
+        tracer = strace_attached(server, "trace=fsync,fdatasync,sync,syncfs", out=out, flags=("-y",))
+        try:
+            m = run_podman(testbed, monitor_bin, ["echo", "hi"], [f"k8s-file:{log}"], extra, wait=False)
+            msg = m.read_sync()
+            assert msg and msg["data"] > 0, m.describe()
+            m.start_container()
+            assert m.wait_exit_file() == 0, m.describe()
+            assert m.wait_first() == 0
+        finally:
+            tracer.terminate()
+            tracer.wait(10)
+        with open(out) as f:
+            trace = f.read()
+    else:
+        wrap = os.path.join(d, "strace-monitor")
+        with open(wrap, "w") as f:  # -D: the tracer is a grandchild, the monitor keeps its pid and parent
+            f.write(f"#!/bin/sh\nexec {strace} -D -q --seccomp-bpf -e trace=fsync,fdatasync,sync,syncfs -y "
+                    f"-o {shlex.quote(out)} {shlex.quote(monitor_bin)} \"$@\"\n")
+        os.chmod(wrap, 0o755)
+        # --sync: the traced process is the monitor itself, so strace needs no -f (no runc, no container)
+        m = run_podman(testbed, wrap, ["echo", "hi"], [f"k8s-file:{log}"], extra, wait=False)
+        msg = m.read_sync()
+        assert msg and msg["data"] > 0, m.describe()
+        m.start_container()
+        assert m.wait_exit_file() == 0, m.describe()
+        assert m.wait_first() == 0
 
-    def finished():
-        text = open(out).read() if os.path.exists(out) else ""
-        return text if "+++ exited" in text else None
+        def finished():
+            text = open(out).read() if os.path.exists(out) else ""
+            return text if "+++ exited" in text else None
 
-    try:
-        trace = poll_until(finished, 30, what="strace to finish")
-    except TimeoutError:
-        raise AssertionError("no exit in the trace:\n" + open(out).read()[-3000:]) from None
+        try:
+            trace = poll_until(finished, 30, what="strace to finish")
+        except TimeoutError:
+            raise AssertionError("no exit in the trace:\n" + open(out).read()[-3000:]) from None
     synced = [x for x in trace.splitlines() if f"<{log}>" in x and re.search(r"\b(fsync|fdatasync)\(", x)]
     if no_sync:
         assert synced == [], trace

@@ -11,37 +11,17 @@ the disk.
 import glob
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
 
-from support.harness import held_exit_command, pid_alive, poll_until, read_k8s_log, stream_text
+from support.harness import held_exit_command, pid_alive, poll_until, read_k8s_log, strace_attached, stream_text
 
 LINES = 1_000_000  # "%7d\n": 8 MB
 SCRIPT = f"seq 1000000 {1000000 + LINES - 1}"
 DELAY_US = 400_000  # per write, writev and fsync of the monitor
 
 pytestmark = pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed (see .ci/run)")
-
-
-def traced(pid):
-    """Every thread of ``pid`` has a tracer."""
-    for status in glob.glob(f"/proc/{pid}/task/*/status"):
-        with open(status) as f:
-            if "TracerPid:\t0\n" in f.read():
-                return False
-    return True
-
-
-def strace_attached(pid, *expressions, out="/dev/null"):
-    """strace (``-e EXPR`` each) on every thread of ``pid``, once it is attached; the caller ends it."""
-    argv = ["strace", "-f", "-qq", "-o", str(out), "-p", str(pid)]
-    for expr in expressions:
-        argv += ["-e", expr]
-    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    poll_until(lambda: traced(pid), what="strace to attach to every thread of the monitor")
-    return tracer
 
 
 def slow_disk(pid):

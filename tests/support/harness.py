@@ -28,6 +28,7 @@ import collections
 import datetime
 import errno
 import fcntl
+import glob
 import json
 import os
 import re
@@ -501,6 +502,26 @@ def held_exit_command(hold):
     until it exits) stays.  It gives up after 60 s: a test that fails before creating ``hold`` leaves
     no process behind."""
     return ["/bin/sh", "-c", f"i=0; while [ ! -e {hold} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"]
+
+
+def traced(pid):
+    """Every thread of ``pid`` has a tracer."""
+    for status in glob.glob(f"/proc/{pid}/task/*/status"):
+        with open(status) as f:
+            if "TracerPid:\t0\n" in f.read():
+                return False
+    return True
+
+
+def strace_attached(pid, *expressions, out="/dev/null", flags=()):
+    """strace (``-e EXPR`` each, extra ``flags`` such as ``-y``) on every thread of ``pid``, once it is
+    attached; the caller ends it."""
+    argv = ["strace", "-f", "-qq", *flags, "-o", str(out), "-p", str(pid)]
+    for expr in expressions:
+        argv += ["-e", expr]
+    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    poll_until(lambda: traced(pid), what="strace to attach to every thread of the monitor")
+    return tracer
 
 
 def server_pids(lib_dir):

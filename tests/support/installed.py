@@ -55,16 +55,30 @@ def install_podman_conmon(base, server_mode=False):
     return conmon
 
 
+def install_prefix(conmon):
+    """The prefix an installed ``conmon`` belongs to (``<prefix>/bin/conmon``,
+    ``<prefix>/libexec/podman/conmon``...): the nearest ancestor with ``lib/pyconmon``; None if none."""
+    d = os.path.dirname(os.path.abspath(conmon))
+    for _ in range(3):
+        if os.path.isdir(os.path.join(d, "lib", "pyconmon")):
+            return d
+        d = os.path.dirname(d)
+    return None
+
+
 def server_mode_file(conmon):
-    """The mode file of the server-mode install whose monitor is ``conmon`` (``<base>/mode``)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(conmon)))), "mode")
+    """The mode file of a stub installed by install_podman_conmon(server_mode=True) (``<base>/mode``)."""
+    return os.path.join(os.path.dirname(install_prefix(conmon)), "mode")
 
 
 def is_server_stub(conmon):
-    """Whether ``conmon`` is the stub of an install_podman_conmon(server_mode=True)."""
-    return os.path.exists(server_mode_file(conmon))
+    """Whether ``conmon`` is an installed stub (``ENTRY=stub``: the test installs switch it to server mode)."""
+    import filecmp
+    prefix = install_prefix(conmon)
+    stub = os.path.join(prefix, "lib", "pyconmon", "stub", "conmon") if prefix else None
+    return bool(stub) and os.path.exists(stub) and filecmp.cmp(conmon, stub, shallow=False)
 
 
 def server_lib_dir(conmon):
     """``<prefix>/lib/pyconmon`` of the install of ``conmon`` (its servers' command lines name it)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(conmon))), "lib", "pyconmon")
+    return os.path.join(install_prefix(conmon), "lib", "pyconmon")
