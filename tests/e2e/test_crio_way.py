@@ -367,12 +367,19 @@ def test_exec_sync_timeout_kills_the_group_not_the_monitor(testbed, crio_contain
     """-T expiry kills the exec process's whole group (a child it started too), and the monitor still
     ends normally with the timed-out message: in server mode the kill comes from the server, which
     must spare the stub's own group."""
-    e = exec_sync(testbed, crio_monitor, crio_container,
-                  ["sh", "-c", "sleep 100 & echo child $!; echo started; wait"], timeout=1)
-    assert e.sync_msg == {"exit_code": -1, "message": "command timed out"}, e.describe()
-    assert e.first_status == 255, e.describe()  # -1 & 0xff, as conmon: not killed by a signal
+    def sleepers():
+        r = crio_container.runtime_cmd("exec", crio_container.cid, "sh", "-c", "ps -o args | grep -c '^[s]leep 107'")
+        return r.stdout.strip()
+
+    e = exec_sync(testbed, crio_monitor, crio_container, ["sh", "-c", "sleep 107 & echo started; wait"], timeout=3,
+                  wait=False)
+    e.write_start()
+    poll_until(lambda: sleepers() == "1", what="the exec process's child running")
+    assert e.wait_first(15) == 255, e.describe()  # -1 & 0xff, as conmon: not killed by a signal
+    assert e.read_sync(5) == {"exit_code": -1, "message": "command timed out"}, e.describe()
     poll_until(lambda: not pid_alive(read_pidfile(e.pidfile)), what="timed-out exec process killed")
-    assert [c for _, _, c in records(e.log_path)][-1] == b"started"
+    assert records(e.log_path) == [("stdout", "F", b"started")]
+    poll_until(lambda: sleepers() == "0", what="the exec process's child killed with it")
 
 
 def test_exec_sync_command_not_found(testbed, crio_container, crio_monitor):
