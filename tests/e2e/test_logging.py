@@ -834,21 +834,23 @@ def test_log_is_fsynced_at_exit_unless_no_sync_log(testbed, monitor_bin, no_sync
     out = os.path.join(d, "trace")
     log = os.path.join(testbed.workdir("logs"), "ctr.log")
     extra = ["--sync"] + (["--no-sync-log"] if no_sync else [])
+
+    def run_to_the_end(monitor, args, drivers=None):
+        """A --sync monitor: its container started and run to its end, the monitor exited 0."""
+        m = run_podman(testbed, monitor, args, drivers, extra, wait=False)
+        msg = m.read_sync()
+        assert msg and msg["data"] > 0, m.describe()
+        m.start_container()
+        assert m.wait_exit_file() == 0, m.describe()
+        assert m.wait_first() == 0
+
     if is_server_stub(monitor_bin):
         # Server mode: the log is the server's to fsync (in a worker thread), so the server is traced.
-        warm = run_podman(testbed, monitor_bin, ["true"], wait=False)
-        assert warm.read_sync()["data"] > 0, warm.describe()
-        warm.start_container()
-        assert warm.wait_exit_file() == 0
+        run_to_the_end(monitor_bin, ["true"])  # the server is up
         (server,) = server_pids(server_lib_dir(monitor_bin))
         tracer = strace_attached(server, "trace=fsync,fdatasync,sync,syncfs", out=out, flags=("-y",))
         try:
-            m = run_podman(testbed, monitor_bin, ["echo", "hi"], [f"k8s-file:{log}"], extra, wait=False)
-            msg = m.read_sync()
-            assert msg and msg["data"] > 0, m.describe()
-            m.start_container()
-            assert m.wait_exit_file() == 0, m.describe()
-            assert m.wait_first() == 0
+            run_to_the_end(monitor_bin, ["echo", "hi"], [f"k8s-file:{log}"])
         finally:
             tracer.terminate()
             tracer.wait(10)
@@ -861,12 +863,7 @@ def test_log_is_fsynced_at_exit_unless_no_sync_log(testbed, monitor_bin, no_sync
                     f"-o {shlex.quote(out)} {shlex.quote(monitor_bin)} \"$@\"\n")
         os.chmod(wrap, 0o755)
         # --sync: the traced process is the monitor itself, so strace needs no -f (no runc, no container)
-        m = run_podman(testbed, wrap, ["echo", "hi"], [f"k8s-file:{log}"], extra, wait=False)
-        msg = m.read_sync()
-        assert msg and msg["data"] > 0, m.describe()
-        m.start_container()
-        assert m.wait_exit_file() == 0, m.describe()
-        assert m.wait_first() == 0
+        run_to_the_end(wrap, ["echo", "hi"], [f"k8s-file:{log}"])
 
         def finished():
             text = open(out).read() if os.path.exists(out) else ""

@@ -188,13 +188,18 @@ def test_both_streams_written_while_the_runtime_runs_keep_their_order(h, first):
     assert h.output == [(first, b"one\n"), (second, b"two\n")]
 
 
+def collecting_with_a_1000_byte_bound(h, monkeypatch) -> int:
+    """The runtime runs, the early output bound is 1000 bytes; the write end of the stderr pipe."""
+    monkeypatch.setattr("pyconmon.stdio.EARLY_OUTPUT_MAX", 1000)
+    h.stdio.make_pipes(want_stdin=False)
+    h.stdio.collect_early_output()
+    return h.stdio.child_fds[2]
+
+
 def test_output_beyond_the_bound_while_the_runtime_runs_waits_in_the_pipe(h, monkeypatch):
     """Past the bound the pipes are left unread until the runtime has exited (the writer waits, as
     under C conmon); nothing is dropped."""
-    monkeypatch.setattr("pyconmon.stdio.EARLY_OUTPUT_MAX", 1000)
-    h.stdio.make_pipes(want_stdin=False)
-    _, _, cerr = h.stdio.child_fds
-    h.stdio.collect_early_output()
+    cerr = collecting_with_a_1000_byte_bound(h, monkeypatch)
     os.write(cerr, b"a" * 600)
     h.run_until(lambda: h.stdio._early_size == 600)
     os.write(cerr, b"b" * 600)
@@ -210,11 +215,8 @@ def test_output_beyond_the_bound_while_the_runtime_runs_waits_in_the_pipe(h, mon
 
 
 def test_a_runtime_still_running_after_the_wait_gets_its_pipes_drained_the_excess_dropped(h, monkeypatch):
-    monkeypatch.setattr("pyconmon.stdio.EARLY_OUTPUT_MAX", 1000)
     monkeypatch.setattr("pyconmon.stdio.EARLY_WAIT_S", 0.2)
-    h.stdio.make_pipes(want_stdin=False)
-    _, _, cerr = h.stdio.child_fds
-    h.stdio.collect_early_output()
+    cerr = collecting_with_a_1000_byte_bound(h, monkeypatch)
     os.write(cerr, b"a" * 1200)
     h.run_until(lambda: h.stdio._early_size == 1200)
     os.write(cerr, b"b" * 300)

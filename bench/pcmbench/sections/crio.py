@@ -136,7 +136,9 @@ class CrioProbes(Section):
         latencies, failures = [], []
         lock = threading.Lock()
 
-        def one(cid):
+        slow = []  # (wall ms, second of the storm, container) of every probe, for the slowest ones
+
+        def one(cid, tick):
             try:
                 wall = self.probe(cid)
             except Exception as e:  # noqa: BLE001 - every failure is reported below
@@ -145,6 +147,7 @@ class CrioProbes(Section):
                 return
             with lock:
                 latencies.append(wall)
+                slow.append((round(wall, 1), tick, cid[:12]))
 
         print(f"  crio-probes: {handler}: {CONTAINERS} containers x {seconds} s", flush=True)
         threads = []
@@ -157,7 +160,7 @@ class CrioProbes(Section):
                 if delay > 0:
                     time.sleep(delay)  # the storm's own clock: one wave per second
                 for cid in cids:
-                    t = threading.Thread(target=one, args=(cid,))
+                    t = threading.Thread(target=one, args=(cid, tick))
                     t.start()
                     threads.append(t)
             for t in threads:
@@ -187,7 +190,8 @@ class CrioProbes(Section):
         q = statistics.quantiles(latencies, n=100)
         for suffix in suffixes:
             self.results.add("crio/probe_p50_ms" + suffix, mon, q[49])
-            self.results.add("crio/probe_p99_ms" + suffix, mon, q[98])
+            self.results.add("crio/probe_p99_ms" + suffix, mon, q[98],
+                             {"slowest_ms_second_container": sorted(slow)[-10:]})
             self.results.add("crio/monitor_cpu_s" + suffix, mon, cpu)
             self.results.add("crio/monitor_cpu_per_probe_ms" + suffix, mon, cpu * 1000 / probes)
             self.results.add("crio/crio_cpu_s" + suffix, mon, crio_cpu)
@@ -197,6 +201,7 @@ class CrioProbes(Section):
               f"monitors' CPU {cpu:6.2f} s ({cpu * 1000 / probes:5.2f} ms/probe"
               + (f", server {server_cpu:5.2f} s" if kind == "server" else "") + f")  crio {crio_cpu:5.2f} s",
               flush=True)
+        print(f"    slowest (ms, second, container): {sorted(slow)[-3:]}", flush=True)
 
     def rows(self):
         return [
