@@ -93,6 +93,9 @@ class CrioProbes(Section):
                 print(f"  (crio teardown: {p})")
             if self.started_crio:
                 self.crio.stop()
+            if self.variants:
+                from .density import stop_servers
+                stop_servers(self.server_lib_dir())  # later sections (density) measure without it
         finally:
             set_subreaper(True)
             self.crio = None

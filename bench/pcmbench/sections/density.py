@@ -53,6 +53,20 @@ def server_pids(libdir):
     return H.server_pids(libdir)
 
 
+def stop_servers(libdir):
+    """SIGTERM the servers of that install and wait (10 s at most) until they are gone: a section
+    that is done leaves no server behind for the next one to measure."""
+    import signal
+    for pid in server_pids(libdir):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + 10
+        while pid in server_pids(libdir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 def server_mode_install(bench):
     """The prefix of a second install in server mode (``make install ENTRY=stub``, mode file
     ``always``: server mode even if the bench runs inside a systemd service); made once per run."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import statistics
 import subprocess
 import time
@@ -273,15 +272,8 @@ class Journald(LoggingSection):
             return
         self.keeper.close()
         self.keeper = None
-        from .density import server_pids
-        for pid in server_pids(self.server_libdir):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            deadline = time.monotonic() + 10
-            while pid in server_pids(self.server_libdir) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        from .density import stop_servers
+        stop_servers(self.server_libdir)
 
     def the_server(self):
         """(pid, utime+stime in s) of the one server of the server-mode install."""
