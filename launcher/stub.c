@@ -198,6 +198,17 @@ static enum mode mode_wanted(void)
     return strcmp(v, "always") == 0 ? ALWAYS : CLASSIC;
 }
 
+/* CRI-O's ExecSync: legacy exec (-e without --api-version, which Podman always passes) with
+ * --sync.  Its monitor is never a unit's MainPID (CRI-O waits for it in the foreground), so
+ * CRI-O in crio.service still gets server mode (ZYGOTE R5). */
+static int crio_exec_sync(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strncmp(argv[i], "--api-version", 13) == 0)
+            return 0;
+    return has_arg(argc, argv, "--sync") && (has_arg(argc, argv, "-e") || has_arg(argc, argv, "--exec"));
+}
+
 /* Podman in a systemd service (quadlet, generate systemd, podman-kube@):
  * the monitor may become MainPID and must be systemd's child (ZYGOTE R5). */
 static int in_service_cgroup(void)
@@ -875,7 +886,7 @@ int main(int argc, char **argv)
     enum mode mode = mode_wanted();
     if (mode == CLASSIC || has_arg(argc, argv, "--version") ||
         has_arg(argc, argv, "--help") || has_arg(argc, argv, "-h") || unserved_log_driver(argc, argv) ||
-        (mode == SERVER && in_service_cgroup()))
+        (mode == SERVER && in_service_cgroup() && !crio_exec_sync(argc, argv)))
         exec_classic(0);
     g_start_fd = env_fd("_OCI_STARTPIPE");
     g_sync_fd = env_fd("_OCI_SYNCPIPE");

@@ -329,6 +329,35 @@ def test_caller_in_a_systemd_service_gets_classic(testbed, stub, classic, tmp_pa
         poll_until(lambda: _rmdir(cg), 10, what=f"{cg} empty")
 
 
+def test_crio_execsync_from_a_systemd_service_is_served(testbed, stub, tmp_path):
+    """CRI-O in crio.service: its ExecSync monitors are never a unit's MainPID, so the probe is served
+    in mode "server" too (ZYGOTE R5), while a Podman caller there gets classic (the test above)."""
+    m = testbed.run(stub, ["sleep", "600"])
+    cg = service_cgroup_dir()
+    wrapper = tmp_path / "crio-service"
+    wrapper.write_text(f'#!/bin/sh\necho $$ > {cg}/cgroup.procs && PYCONMON_MODE=server exec {stub} "$@"\n')
+    wrapper.chmod(0o755)
+    e = None
+    try:
+        e = testbed.exec(str(wrapper), m, ["sh", "-c", "trap 'echo released; exit 6' USR1; echo ready; "
+                                                       "while :; do usleep 20000; done"], style="crio", wait=False)
+        e.write_start()
+        exec_pid = poll_until(lambda: read_pidfile(e.pidfile), what="exec pid file")
+        assert os.readlink(f"/proc/{e.first_pid}/exe") == os.path.realpath(stub)  # classic would be exec'd by now
+        assert f"{os.path.basename(cg)}\n".encode() in proc_text(e.first_pid, "cgroup")
+        poll_until(lambda: [r.content for r in read_k8s_log(e.log_path)] == [b"ready"], what="ready logged")
+        os.kill(exec_pid, signal.SIGUSR1)
+        assert e.wait_first(10) == 6
+        assert e.read_sync(5) == {"exit_code": 6}
+        assert [r.content for r in read_k8s_log(e.log_path)] == [b"ready", b"released"]
+    finally:
+        if e is not None:
+            e.close()
+        poll_until(lambda: _rmdir(cg), 10, what=f"{cg} empty")
+    runtime_kill(m)
+    assert m.wait_exit_file(10) == 137
+
+
 def _rmdir(path):
     try:
         os.rmdir(path)
