@@ -306,14 +306,20 @@ def service_cgroup_dir():
     pytest.skip("no cgroup hierarchy to make a *.service cgroup in")
 
 
-@pytest.mark.parametrize("mode", ["server", "always"])
-def test_caller_in_a_systemd_service_gets_classic(testbed, stub, classic, tmp_path, mode):
-    """Podman inside quadlet/generate-systemd units: the monitor may become MainPID, so classic (ZYGOTE R5),
-    unless the mode is "always"."""
+def in_a_service(stub, mode, tmp_path):
+    """(a new *.service cgroup, a wrapper that joins it and execs ``stub`` with PYCONMON_MODE=``mode``)."""
     cg = service_cgroup_dir()
     wrapper = tmp_path / "in-service"
     wrapper.write_text(f'#!/bin/sh\necho $$ > {cg}/cgroup.procs && PYCONMON_MODE={mode} exec {stub} "$@"\n')
     wrapper.chmod(0o755)
+    return cg, wrapper
+
+
+@pytest.mark.parametrize("mode", ["server", "always"])
+def test_caller_in_a_systemd_service_gets_classic(testbed, stub, classic, tmp_path, mode):
+    """Podman inside quadlet/generate-systemd units: the monitor may become MainPID, so classic (ZYGOTE R5),
+    unless the mode is "always"."""
+    cg, wrapper = in_a_service(stub, mode, tmp_path)
     m = None
     try:
         m = testbed.run(str(wrapper), LONG)
@@ -333,10 +339,7 @@ def test_crio_execsync_from_a_systemd_service_is_served(testbed, stub, tmp_path)
     """CRI-O in crio.service: its ExecSync monitors are never a unit's MainPID, so the probe is served
     in mode "server" too (ZYGOTE R5), while a Podman caller there gets classic (the test above)."""
     m = testbed.run(stub, ["sleep", "600"])
-    cg = service_cgroup_dir()
-    wrapper = tmp_path / "crio-service"
-    wrapper.write_text(f'#!/bin/sh\necho $$ > {cg}/cgroup.procs && PYCONMON_MODE=server exec {stub} "$@"\n')
-    wrapper.chmod(0o755)
+    cg, wrapper = in_a_service(stub, "server", tmp_path)
     e = None
     try:
         e = testbed.exec(str(wrapper), m, ["sh", "-c", "trap 'echo released; exit 6' USR1; echo ready; "
