@@ -19,7 +19,6 @@ Facts that shape this module:
 from __future__ import annotations
 
 import os
-import re
 import stat
 
 from .diag import Diagnostics
@@ -56,9 +55,27 @@ class LineBuffer:
         return lines
 
 
-# sscanf's %d: optional blanks, an optional sign, decimal digits; the rest of the line is not looked at
-_SCANF_INT = re.compile(rb"[ \t\v\f\r]*([+-]?[0-9]+)", re.ASCII)
+# sscanf's %d: optional blanks, an optional sign, decimal digits; the rest of the line is not looked at.
+# Scanned by hand: `re` (with enum and functools) costs an idle monitor about 1 MB of private memory.
+_BLANKS = b" \t\v\f\r"
+_DIGITS = b"0123456789"
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+def _scan_int(line: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The text of the ``%d`` at ``pos`` (blanks skipped) and the position after it; None if there is none."""
+    end = len(line)
+    while pos < end and line[pos] in _BLANKS:
+        pos += 1
+    start = pos
+    if pos < end and line[pos] in b"+-":
+        pos += 1
+    digits = pos
+    while pos < end and line[pos] in _DIGITS:
+        pos += 1
+    if pos == digits:
+        return None
+    return line[start:pos], pos
 
 
 def scan_ints(line: bytes, count: int) -> tuple[int, ...]:
@@ -71,14 +88,14 @@ def scan_ints(line: bytes, count: int) -> tuple[int, ...]:
     values: list[int] = []
     pos = 0
     for _ in range(count):
-        match = _SCANF_INT.match(line, pos)
-        if match is None:
+        scanned = _scan_int(line, pos)
+        if scanned is None:
             raise ValueError(f"expected {count} numbers, got {len(values)}")
-        value = int(match.group(1))
+        text, pos = scanned
+        value = int(text)
         if not _INT_MIN <= value <= _INT_MAX:
-            raise ValueError(f"{match.group(1)[:20]!r} is out of range")
+            raise ValueError(f"{text[:20]!r} is out of range")
         values.append(value)
-        pos = match.end()
     return tuple(values)
 
 
