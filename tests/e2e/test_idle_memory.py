@@ -9,14 +9,9 @@ ctl.py imported `re` (4.5 MB instead of 3.6; the target is 3.5).
 
 import os
 
-from support.harness import poll_until, runtime_kill
+from support.harness import poll_until, private_dirty_kb, runtime_kill
 
 IDLE_PRIVATE_DIRTY_MAX_KB = 4096
-
-
-def private_dirty_kb(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
 
 
 def test_an_idle_classic_monitor_stays_under_its_private_memory_bound(testbed, installed_conmon):

@@ -18,7 +18,15 @@ import threading
 import pytest
 
 from pyconmon import protocol
-from support.harness import poll_until, read_k8s_log, read_pidfile, runtime_kill, server_pids, write_ctl
+from support.harness import (
+    poll_until,
+    private_dirty_kb,
+    read_k8s_log,
+    read_pidfile,
+    runtime_kill,
+    server_pids,
+    write_ctl,
+)
 from support.installed import install_podman_conmon, server_lib_dir, server_mode_file
 
 LONG = ["sh", "-c", "echo out; echo err >&2; exec sleep 600"]
@@ -491,11 +499,6 @@ def test_upgrade_while_monitors_run(testbed, tmp_path_factory):
         runtime_kill(m)
         assert m.wait_exit_file(10) == 137
         assert sorted(r.content for r in m.log_records()) == [b"err", b"out"]
-
-
-def private_dirty_kb(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
 
 
 def test_a_stub_has_less_private_memory_than_c_conmon(testbed, stub):

@@ -524,6 +524,12 @@ def strace_attached(pid, *expressions, out="/dev/null", flags=()):
     return tracer
 
 
+def private_dirty_kb(pid):
+    """A process's Private_Dirty in KB, from /proc/PID/smaps_rollup."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+
 def server_pids(lib_dir):
     """Pids of the running pyconmon servers of the install whose package dir is ``lib_dir``
     (``<prefix>/lib/pyconmon``: a server's command line names it)."""
