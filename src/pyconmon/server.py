@@ -202,7 +202,8 @@ def raise_fd_limit() -> None:
 
 
 def leave_monitor_scope() -> None:
-    """Move out of the first container's monitor cgroup into one beside it."""
+    """Move out of the first container's monitor cgroup (a conmon cgroup, a scope, or a service's
+    when the mode is "always") into one beside it."""
     try:
         with open("/proc/self/cgroup") as f:
             lines = f.read().splitlines()
@@ -211,7 +212,7 @@ def leave_monitor_scope() -> None:
     for line in lines:
         _id, controllers, path = line.split(":", 2)
         last = path.rsplit("/", 1)[-1]
-        if "conmon" not in last and not last.endswith(".scope"):
+        if "conmon" not in last and not last.endswith((".scope", ".service")):
             continue
         if controllers == "":
             mount = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else "/sys/fs/cgroup"

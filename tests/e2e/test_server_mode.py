@@ -326,14 +326,21 @@ def in_a_service(stub, mode, tmp_path):
 @pytest.mark.parametrize("mode", ["server", "always"])
 def test_caller_in_a_systemd_service_gets_classic(testbed, stub, classic, tmp_path, mode):
     """Podman inside quadlet/generate-systemd units: the monitor may become MainPID, so classic (ZYGOTE R5),
-    unless the mode is "always"."""
+    unless the mode is "always". A server that a stub in the unit starts leaves the unit's cgroup (else
+    the unit would never end): no server runs before, so this stub starts one."""
     cg, wrapper = in_a_service(stub, mode, tmp_path)
+    for pid in servers_of(stub):
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid)
     m = None
     try:
         m = testbed.run(str(wrapper), LONG)
         expected = classic if mode == "server" else stub
         assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(expected)
         assert f"{os.path.basename(cg)}\n".encode() in proc_text(m.pid, "cgroup")
+        if mode == "always":
+            (server,) = servers_of(stub)
+            assert f"{os.path.basename(cg)}\n".encode() not in proc_text(server, "cgroup")
         runtime_kill(m)
         assert m.wait_exit_file(10) == 137
         m.wait(10)
