@@ -341,6 +341,7 @@ def test_caller_in_a_systemd_service_gets_classic(testbed, stub, classic, tmp_pa
         if mode == "always":
             (server,) = servers_of(stub)
             assert f"{os.path.basename(cg)}\n".encode() not in proc_text(server, "cgroup")
+            assert b"/pyconmon-server\n" in proc_text(server, "cgroup")  # README: "beside it"
         runtime_kill(m)
         assert m.wait_exit_file(10) == 137
         m.wait(10)
