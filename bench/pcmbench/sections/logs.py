@@ -79,8 +79,16 @@ def time_generators(bench, workloads):
 
 
 class LoggingSection(Section):
+    """With ``pair_server``, also C conmon against pyconmon in server mode (the density section's
+    install, the default mode), in pairs of their own (metrics ``..._server``), while an idle served
+    container keeps the server up, so that the server's start-up is not one run's cost; where the
+    stub cannot be built, only C and classic."""
+
     cpu_target = None
     wall_target = None
+    pair_server = False
+    served = None
+    keeper = None
 
     def workloads(self):
         return self.bench.workloads
@@ -89,12 +97,42 @@ class LoggingSection(Section):
         todo = [w for w in self.workloads() if w.id not in self.bench.generator]
         if todo:
             time_generators(self.bench, todo)
+        from .density import no_static_libc, server_mode_install  # not at the top: table order is import order
+        if not self.pair_server or no_static_libc() is not None:
+            return
+        prefix = server_mode_install(self.bench)
+        self.server_libdir = os.path.join(prefix, "lib", "pyconmon")
+        self.served = Monitor("pyconmon", "pyconmon server mode", os.path.join(prefix, "bin", "conmon"))
+        self.keeper = Run(self.bench, self.served, ["sleep", "100000"])
+        self.keeper.create()
+        self.keeper.start()
+
+    def teardown(self):
+        """The keeper ends, and the server with it: later sections (density) measure a fresh one,
+        not one whose heap grew with this section's floods."""
+        if self.keeper is None:
+            return
+        self.keeper.close()
+        self.keeper = None
+        from .density import stop_servers
+        stop_servers(self.server_libdir)
+
+    def the_server(self):
+        """(pid, utime+stime in s) of the one server of the server-mode install."""
+        from .density import server_pids
+        pids = server_pids(self.server_libdir)
+        if len(pids) != 1:
+            raise BenchFailure(f"expected one pyconmon server, found {pids}")
+        return pids[0], proc_stat(pids[0])[1]
 
     def run_round(self, rnd):
         for wl in self.workloads():
             print(f"  {self.name}: {wl.label}", flush=True)
             for mon in self.order(f"{self.name}/{wl.key}"):
                 self.logging_run(mon, wl)
+            if self.served is not None:
+                for mon in self.results.order(f"{self.name}/{wl.key}/server", [self.bench.monitors[0], self.served]):
+                    self.logging_run(mon, wl, "_server")
 
     def rows(self):
         out = []
@@ -102,6 +140,12 @@ class LoggingSection(Section):
             out.append(Row(f"{wl.label}: monitor CPU (s)", f"{self.name}/{wl.key}/cpu_s", "s", self.cpu_target))
             out.append(Row(f"{wl.label}: wall, start to exit file (s)", f"{self.name}/{wl.key}/wall_s", "s",
                            self.wall_target))
+        if self.served is not None or any(m.startswith(f"{self.name}/") and m.endswith("_server")
+                                          for m in self.results.samples):
+            for wl in self.workloads():
+                out.append(Row(f"{wl.label}: monitor CPU, pyconmon in server mode (s)",
+                               f"{self.name}/{wl.key}/cpu_s_server", "s", self.cpu_target))
+                out.append(Row(f"{wl.label}: wall, server mode (s)", f"{self.name}/{wl.key}/wall_s_server", "s"))
         return out
 
     def logging_run(self, mon, wl, suffix=""):
@@ -202,6 +246,7 @@ class K8sFile(LoggingSection):
     title = "k8s-file"
     cpu_target = (1.0, "ratio")
     wall_target = (1.05, "ratio")
+    pair_server = True
 
     def after(self, summary):
         """Note a workload whose generator alone takes half the logging wall time or more."""
@@ -235,71 +280,21 @@ class K8sFile(LoggingSection):
             "parsed, partial records joined, and the content hashed against the expected output. Each "
             "generator is also timed alone; busybox `seq` takes about as long as a monitor needs, so for "
             "`seq` the wall time says \"the monitor kept up\" rather than how fast it can go "
-            "(`--generator file` has the containers `cat` pre-generated output instead).")
+            "(`--generator file` has the containers `cat` pre-generated output instead). "
+            "k8s-file and journald also pair C conmon with pyconmon in server mode (the default; rows "
+            "saying so): the stub's CPU plus the shared server's utime+stime gained over the run "
+            "(/proc/PID/stat, 10 ms ticks), while an idle served container keeps the server up.")
 
 
 @register
 class Journald(LoggingSection):
-    """Also C conmon against pyconmon in server mode (the density section's install), in pairs of
-    their own (metrics ``..._server``), while an idle served container keeps the server up, so that
-    the server's start-up is not one run's cost; where the stub cannot be built, only C and classic."""
-
     name = "journald"
     title = "journald"
     cpu_target = (1.0, "ratio")  # issue 13
-    served = None
-    keeper = None
+    pair_server = True
 
     def workloads(self):
         return self.bench.jworkloads
-
-    def setup(self):
-        from .density import no_static_libc, server_mode_install  # not at the top: table order is import order
-        super().setup()
-        if no_static_libc() is not None:
-            return
-        prefix = server_mode_install(self.bench)
-        self.server_libdir = os.path.join(prefix, "lib", "pyconmon")
-        self.served = Monitor("pyconmon", "pyconmon server mode", os.path.join(prefix, "bin", "conmon"))
-        self.keeper = Run(self.bench, self.served, ["sleep", "100000"])
-        self.keeper.create()
-        self.keeper.start()
-
-    def teardown(self):
-        """The keeper ends, and the server with it: later sections (density) measure a fresh one,
-        not one whose heap grew with journald backlogs."""
-        if self.keeper is None:
-            return
-        self.keeper.close()
-        self.keeper = None
-        from .density import stop_servers
-        stop_servers(self.server_libdir)
-
-    def the_server(self):
-        """(pid, utime+stime in s) of the one server of the server-mode install."""
-        from .density import server_pids
-        pids = server_pids(self.server_libdir)
-        if len(pids) != 1:
-            raise BenchFailure(f"expected one pyconmon server, found {pids}")
-        return pids[0], proc_stat(pids[0])[1]
-
-    def run_round(self, rnd):
-        for wl in self.workloads():
-            print(f"  {self.name}: {wl.label}", flush=True)
-            for mon in self.order(f"{self.name}/{wl.key}"):
-                self.logging_run(mon, wl)
-            if self.served is not None:
-                for mon in self.results.order(f"{self.name}/{wl.key}/server", [self.bench.monitors[0], self.served]):
-                    self.logging_run(mon, wl, "_server")
-
-    def rows(self):
-        out = super().rows()
-        if self.served is not None or any(m.endswith("_server") for m in self.results.samples):
-            for wl in self.workloads():
-                out.append(Row(f"{wl.label}: monitor CPU, pyconmon in server mode (s)",
-                               f"{self.name}/{wl.key}/cpu_s_server", "s"))
-                out.append(Row(f"{wl.label}: wall, server mode (s)", f"{self.name}/{wl.key}/wall_s_server", "s"))
-        return out
 
     def unavailable(self):
         reason = journald_service.unavailable_reason()
