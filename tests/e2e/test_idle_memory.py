@@ -18,6 +18,8 @@ def test_an_idle_classic_monitor_stays_under_its_private_memory_bound(testbed, i
     m = testbed.run(installed_conmon, ["sh", "-c", "echo out; echo err >&2; exec sleep 600"])
     poll_until(lambda: len(m.log_records()) == 2, what="both lines logged")  # idle from here on
     assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(installed_conmon)
+    with open(f"/proc/{m.pid}/maps") as f:
+        assert "libpython" in f.read()  # the Python monitor itself, not a server-mode stub
     # The install was just written: until written back, its page-cache pages count as dirty,
     # and as private while only one process maps them.
     os.sync()
