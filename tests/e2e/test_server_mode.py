@@ -814,8 +814,9 @@ def test_runtime_and_exit_command_run_in_the_callers_world(testbed, stub, tmp_pa
         script.chmod(0o755)
     testbed.run(stub, ["true"]).wait_exit_file(10)  # a server started before this caller's variable existed
     m = testbed.run(stub, ["true"], extra_args=["-r", str(runtime)], exit_command=[str(exit_command)],
-                    env_extra={"PCM_CALLER_MARK": "from-the-caller"})
-    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)
+                    env_extra={"PCM_CALLER_MARK": "from-the-caller"}, start=False)
+    assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(stub)  # before `true` can end
+    m.start_container()
     assert m.wait_exit_file(10) == 0
     done = tmp_path / "exit.seen"
     poll_until(lambda: done.exists() and done.read_text().count("\n") == 4, what="the exit command's record")
