@@ -53,6 +53,9 @@ def masked(chunks, pid):
 
 
 P = "usleep 20000"
+# One write() of a whole file (busybox cat and tr write 4 KiB pieces, which a monitor may read apart
+# under load: C conmon and pyconmon would then split records differently, by timing alone).
+DD = "dd if=/tmp/l bs=65536 2>/dev/null"
 WORKLOADS = {
     "lines": f"echo a; {P}; echo bb; {P}; echo ccc; {P}; printf 'd\\ne\\nf\\n'",
     "partial": f"printf 'par'; {P}; printf 'tial\\n'; {P}; printf 'x'; {P}; printf 'y'; {P}; echo z",
@@ -61,11 +64,11 @@ WORKLOADS = {
     "empty-lines": f"echo; {P}; printf '\\n\\n'; {P}; echo x; {P}; echo",
     "crlf-and-tabs": f"printf 'a\\r\\nb\\tc\\r\\n'; {P}; printf '  lead and trail  \\n'",
     "binary": f"printf 'a\\000b\\377\\376\\n'; {P}; printf '\\000\\n'; {P}; printf '\\303(\\n'",
-    "exactly-8192": f"head -c 8192 /dev/zero | tr '\\0' x; {P}; echo; {P}; echo after",
-    "8191-plus-newline": "head -c 8191 /dev/zero | tr '\\0' y > /tmp/l; echo >> /tmp/l; cat /tmp/l",
-    "8192-plus-newline": "head -c 8192 /dev/zero | tr '\\0' w > /tmp/l; echo >> /tmp/l; cat /tmp/l",
+    "exactly-8192": f"head -c 8192 /dev/zero | tr '\\0' x > /tmp/l; {DD}; {P}; echo; {P}; echo after",
+    "8191-plus-newline": f"head -c 8191 /dev/zero | tr '\\0' y > /tmp/l; echo >> /tmp/l; {DD}",
+    "8192-plus-newline": f"head -c 8192 /dev/zero | tr '\\0' w > /tmp/l; echo >> /tmp/l; {DD}",
     "three-5000-lines-one-write": "i=0; while [ $i -lt 3 ]; do head -c 4999 /dev/zero | tr '\\0' v >> /tmp/l; "
-                                  "echo >> /tmp/l; i=$((i+1)); done; cat /tmp/l",
+                                  f"echo >> /tmp/l; i=$((i+1)); done; {DD}",
     "4096-lines": "i=0; while [ $i -lt 3 ]; do head -c 4095 /dev/zero | tr '\\0' z > /tmp/l; echo >> /tmp/l; "
                   f"cat /tmp/l; {P}; i=$((i+1)); done",
 }

@@ -343,10 +343,15 @@ def connect(path, timeout=10):
             time.sleep(0.001)
 
 
-def _c_conmon_dies_of_churn(m, cycles=10_000):
-    """Churn until C conmon dies (at most ``cycles``): it must be a segfault the kernel logged,
-    with no exit file and the container left running."""
+def _c_conmon_dies_of_churn(m, cycles=30_000, seconds=90):
+    """Churn until C conmon dies (at most ``cycles`` or ``seconds``): it must be a segfault the kernel
+    logged, with no exit file and the container left running. The crash is a race: should C conmon
+    survive the whole churn (not seen here in a quiet run; once in a loaded full run after 10,000
+    cycles), the test says so and skips rather than claim either way."""
+    dl = Deadline(seconds)
     for i in range(cycles):
+        if dl.expired():
+            break
         try:
             c = connect(m.attach_path, timeout=2)
             if i % 10 == 0:
@@ -357,6 +362,11 @@ def _c_conmon_dies_of_churn(m, cycles=10_000):
             pass
         if not pid_alive(m.pid):
             break
+    else:
+        i = cycles
+    if pid_alive(m.pid):
+        runtime_kill(m)
+        pytest.skip(f"C conmon survived {i:,} churn cycles this time (its segfault is a race)")
     wait_pid_gone(m.pid, 10)
     kernel_log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=30).stdout
     assert f"conmon[{m.pid}]: segfault at " in kernel_log, kernel_log[-2000:]
