@@ -54,13 +54,16 @@ class ServerWeight:
         return max(-20, self.base - boost_for(self.loop.bulk_count()))
 
     def update(self) -> None:
-        want = self.target()
+        self._renice(self.target())
+
+    def _renice(self, want: int) -> None:
         if want == self.current or (want < self.current and not self.allowed):
             return
         try:
             os.setpriority(os.PRIO_PROCESS, 0, want)
         except OSError:
-            self.allowed = False  # no CAP_SYS_NICE: the fair turns alone
+            if want < self.current:
+                self.allowed = False  # no CAP_SYS_NICE: the fair turns alone
             return
         self.current = want
 
@@ -73,15 +76,7 @@ class ServerWeight:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._restore()
-
-    def _restore(self) -> None:
-        if self.current != self.base:
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, self.base)
-                self.current = self.base
-            except OSError:
-                pass
+        self._renice(self.base)
 
     def _tick(self) -> None:
         self._timer = None
