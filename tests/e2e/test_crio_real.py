@@ -16,7 +16,16 @@ import warnings
 import pytest
 
 from support.crio import HANDLERS, Crio, proc_exe, proc_start_time, unavailable_reason
-from support.harness import join_lines, pid_alive, poll_until, proc_cmdline, read_k8s_log, server_pids, wait_pid_gone
+from support.harness import (
+    join_lines,
+    pid_alive,
+    poll_until,
+    proc_cmdline,
+    read_k8s_log,
+    server_pids,
+    stat_after_comm,
+    wait_pid_gone,
+)
 
 
 def _selected_handlers():
@@ -215,8 +224,7 @@ def _probe_monitors(crio, cid):
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = f.read().rsplit(")", 1)[1].split()[1]
+            ppid = stat_after_comm(name)[1]
             argv = proc_cmdline(name).split(b"\0")
         except (OSError, IndexError):
             continue

@@ -33,6 +33,7 @@ from support.harness import (
     read_pidfile,
     runtime_kill,
     server_pids,
+    stat_after_comm,
     wait_pid_gone,
 )
 from support.installed import is_server_stub, server_lib_dir
@@ -135,8 +136,7 @@ def test_create_like_crio(testbed, crio_monitor):
         raw = f.read()
     assert raw.isdigit() and int(raw) == m.pid
     os.kill(m.pid, 0)
-    with open(f"/proc/{m.pid}/stat") as f:
-        start_time = f.read().rsplit(")", 1)[1].split()[19]
+    start_time = stat_after_comm(m.pid)[19]
     poll_until(lambda: log_has(m.log_path, b"oops") and log_has(m.log_path, b"hello"), what="output logged")
     assert sorted((s, c) for s, _, c in records(m.log_path)) == [("stderr", b"oops"), ("stdout", b"hello")]
     assert not os.listdir(m.persist_dir) and not os.listdir(m.exit_dir)

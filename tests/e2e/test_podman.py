@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from support.harness import poll_until, proc_cmdline, wait_pid_gone
+from support.harness import poll_until, proc_cmdline, stat_after_comm, wait_pid_gone
 from support.podman import SLOW, exit_code, run_d
 
 
@@ -67,9 +67,7 @@ def test_monitor_process_identity(podman_clean, installed_conmon):
         env = dict(x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x)
     assert env[b"CONTAINERS_CONF"].decode() == podman.conf_for(installed_conmon)
     assert b"PYTHONPATH" not in env
-    with open(f"/proc/{ctr_pid}/stat") as f:
-        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-    assert ppid == pid  # the subreaper inherited the container from `runc create`
+    assert int(stat_after_comm(ctr_pid)[1]) == pid  # the subreaper inherited the container from `runc create`
     assert podman("rm", "-f", "-t", "0", cid, conmon=installed_conmon, timeout=SLOW).returncode == 0
     wait_pid_gone(pid, 10)
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from support.harness import poll_until, runtime_kill, server_pids
+from support.harness import poll_until, runtime_kill, server_pids, stat_after_comm
 from support.journald_service import (
     journal_entries,
     read_entries,
@@ -190,7 +190,7 @@ def test_a_stopped_journald_stalls_only_its_own_container(testbed, private_serve
         # The stimulus: journald takes nothing for stop_s; meanwhile the other container's log grows.
         poll_until(lambda: len(ticker.log_records()) >= before + 10, timeout=stop_s, what="ticker while stopped")
         time.sleep(max(0.0, stop_s - (time.monotonic() - stopped_at)))
-        assert open(f"/proc/{j.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T"  # still stopped
+        assert stat_after_comm(j.pid)[0] == "T"  # still stopped
         assert not os.path.exists(flood.exit_file)
     finally:
         os.kill(j.pid, signal.SIGCONT)

@@ -25,6 +25,7 @@ from support.harness import (
     read_pidfile,
     runtime_kill,
     server_pids,
+    stat_after_comm,
     write_ctl,
 )
 from support.installed import install_podman_conmon, server_lib_dir, server_mode_file
@@ -55,7 +56,7 @@ def status_fields(pid, names):
 
 def stat_fields(pid):
     """(ppid, pgrp, session) from /proc/PID/stat."""
-    rest = proc_text(pid, "stat").decode().rsplit(")", 1)[1].split()
+    rest = stat_after_comm(pid)
     return int(rest[1]), int(rest[2]), int(rest[3])
 
 
@@ -65,7 +66,7 @@ def wait_gone(pid, timeout=10):
 
 def stat_state(pid):
     try:
-        return proc_text(pid, "stat").decode().rsplit(")", 1)[1].split()[0]
+        return stat_after_comm(pid)[0]
     except OSError:
         return "gone"
 
@@ -82,8 +83,7 @@ def test_container_in_server_mode(testbed, stub, style):
     assert stat_fields(servers[0])[2] == servers[0]  # the server leads a session of its own
     assert os.readlink(f"/proc/{servers[0]}/cwd") == "/"  # and keeps no caller's directory busy
     assert [os.readlink(f"/proc/{servers[0]}/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3
-    with open(f"/proc/{m.container_pid}/stat") as f:
-        assert int(f.read().rsplit(")", 1)[1].split()[1]) == m.pid  # the stub is the container's reaper
+    assert int(stat_after_comm(m.container_pid)[1]) == m.pid  # the stub is the container's reaper
     runtime_kill(m)
     assert m.wait_exit_file(10) == 137
     m.wait(10)
@@ -112,8 +112,7 @@ def test_identity_matches_classic_field_by_field(testbed, stub, classic):
         assert [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3, name
         ppid, pgrp, sid = stat_fields(pid)
         assert (pgrp, sid) == (pid, pid), name  # setsid(), as C conmon
-        with open(f"/proc/{m.container_pid}/stat") as f:
-            assert int(f.read().rsplit(")", 1)[1].split()[1]) == pid, name  # the subreaper has the container
+        assert int(stat_after_comm(m.container_pid)[1]) == pid, name  # the subreaper has the container
         seen[name] = {
             "exe": os.path.basename(os.readlink(f"/proc/{pid}/exe")),
             "comm": proc_text(pid, "comm"),
@@ -859,7 +858,7 @@ def test_a_caller_with_other_privileges_gets_classic(testbed, stub, classic, tmp
 
 def nice_of(pid):
     """The nice value of a process's main thread (the one running the server's loop)."""
-    return int(proc_text(pid, "stat").decode().rsplit(")", 1)[1].split()[16])
+    return int(stat_after_comm(pid)[16])
 
 
 def test_the_server_weighs_as_much_as_the_monitors_of_the_floods(testbed, stub):

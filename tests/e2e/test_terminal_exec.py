@@ -27,6 +27,7 @@ from support.harness import (
     poll_until,
     read_exit_file,
     read_pidfile,
+    stat_after_comm,
     wait_for_path,
     wait_pid_gone,
     write_ctl,
@@ -38,8 +39,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid):
     """user + system CPU time of ``pid`` from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = stat_after_comm(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 

@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 
 from . import REPO
-from .harness import poll_until, read_pidfile
+from .harness import poll_until, read_pidfile, stat_after_comm
 
 SETUP = os.path.join(REPO, "tests", "crio", "setup.sh")
 HANDLERS = ("conmon", "pyconmon", "pyconmon-server")
@@ -303,8 +303,7 @@ class Pod:
 def proc_start_time(pid):
     """Field 22 of /proc/PID/stat (start time in clock ticks), or None once the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
+        return int(stat_after_comm(pid)[19])
     except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return None
 

@@ -208,14 +208,20 @@ def read_pidfile(path):
         return None
 
 
+def stat_after_comm(pid):
+    """The fields of /proc/PID/stat after the command name, split ([0] is the state, field 3 of
+    proc(5)); OSError once the process is gone. The name may hold spaces and parentheses."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def pid_alive(pid):
     """True while ``pid`` exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
+        state = stat_after_comm(pid)[0]
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    return state not in ("Z", "X")
 
 
 def wait_pid_gone(pid, timeout=DEFAULT_TIMEOUT):
