@@ -144,8 +144,9 @@ def private_served(testbed, stub, journal):
     os.kill(j.pid, signal.SIGCONT)
     for pid in server_pids(lib_dir(stub)):  # the server started in that namespace (it would idle out)
         try:
-            if os.stat(f"/proc/{pid}/ns/mnt").st_ino == ns:
-                os.kill(pid, signal.SIGTERM)
+            if os.stat(f"/proc/{pid}/ns/mnt").st_ino != ns:
+                continue  # another test's server, outside that namespace: not ours to end
+            os.kill(pid, signal.SIGTERM)
         except OSError:
             continue
         # gone before other tests of this install count its servers
